@@ -1,0 +1,299 @@
+"""`kmatrix`: the command line. Exit 0 all passed, 1 some cell failed, 2 usage/config error,
+3 infrastructure error. Errors print one line plus a hint; a traceback only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from harness import __version__
+from harness.archs import ARCH_NAMES, get_arch
+from harness.errors import ConfigError, KmatrixError
+from harness.vm import kill_all_guests
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+class UsageError(ConfigError):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, like every other usage error
+        raise UsageError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+
+
+def _progress(quiet: bool) -> tuple[Progress | None, Callable[[str, int, int | None], None] | None]:
+    if quiet or not err.is_terminal:
+        return None, None
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        console=err, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def hook(name: str, done: int, total: int | None) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name.rsplit("/", 1)[-1][:60], total=total)
+        progress.update(tasks[name], completed=done, total=total)
+        if total is not None and done >= total:
+            progress.remove_task(tasks.pop(name))
+
+    return progress, hook
+
+
+def _workspace(args: argparse.Namespace) -> Any:
+    from harness.runner import Workspace
+
+    progress, hook = _progress(args.quiet or args.json)
+    if progress:
+        progress.start()
+        atexit.register(progress.stop)
+    say: Callable[[str], None] = (lambda _m: None) if (args.quiet or args.json) else (lambda m: err.print(m, soft_wrap=True))
+    return Workspace.open(args.matrix, say=say, progress=hook)
+
+
+def _arch_list(value: str) -> list[str]:
+    if value == "all":
+        return list(ARCH_NAMES)
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    for name in names:
+        get_arch(name)
+    return names
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from harness.doctor import check_arch, check_host, debian_release
+
+    release = debian_release()
+    host = check_host()
+    archs = {name: check_arch(get_arch(name), release) for name in _arch_list(args.arch)}
+    if args.json:
+        print(json.dumps({"release": release,
+                          "host": [vars(c) for c in host],
+                          "archs": {n: [vars(c) for c in r.checks] for n, r in archs.items()}}, indent=2))
+    else:
+        table = Table(title=f"kmatrix doctor (host: Debian {release})")
+        for column in ("scope", "check", "status", "detail", "fix"):
+            table.add_column(column)
+        for check in host:
+            table.add_row("host", check.name, _mark(check.ok), check.detail, check.fix or "")
+        for name, report in archs.items():
+            for check in report.checks:
+                table.add_row(name, check.name, _mark(check.ok), check.detail, check.fix or "")
+        out.print(table)
+    ok = all(c.ok for c in host) and all(r.ok for r in archs.values())
+    return 0 if ok else 1
+
+
+def _mark(ok: bool) -> str:
+    return "[green]ok[/]" if ok else "[red]missing[/]"
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from harness.debian import host_mirror
+    from harness.doctor import plan_setup, run_setup
+
+    plan = plan_setup(_arch_list(args.arch))
+    err.print(f"host: Debian {plan.release}")
+    err.print(f"install: {' '.join(plan.packages) or '-'}")
+    err.print(f"install from bookworm-backports: {' '.join(plan.backports_packages) or '-'}")
+    if args.dry_run:
+        return 0
+    run_setup(plan, host_mirror() if plan.add_backports_source else "", err.print)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from harness.matrix import applicability
+
+    ws = _workspace(args)
+    cells = ws.matrix.cells(args.profile, archs=_arch_list(args.arch) if args.arch else None)
+    facts_cache: dict[tuple[str, str], Any] = {}
+    rows = []
+    for cell in cells:
+        key = (cell.arch, cell.kernel.label)
+        if key not in facts_cache:
+            facts_cache[key] = None
+            if not args.no_fetch:
+                try:
+                    facts_cache[key] = ws.kernel(get_arch(cell.arch), cell.kernel).facts
+                except KmatrixError as error:
+                    facts_cache[key] = error
+        facts = facts_cache[key]
+        if isinstance(facts, KmatrixError):
+            status, reason, release = "error", str(facts).splitlines()[0], None
+        else:
+            verdict = applicability(ws.matrix, cell, facts)
+            status = "run" if verdict.runnable else "skip"
+            reason = verdict.reason
+            release = facts.release if facts else None
+        rows.append({"cell": cell.id, "arch": cell.arch, "kernel": cell.kernel.label, "release": release,
+                     "driver": cell.driver, "suite": cell.suite, "status": status, "reason": reason})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"profile {args.profile}: {len(rows)} cells")
+    for column in ("arch", "kernel", "release", "driver", "suite", "status", "reason"):
+        table.add_column(column)
+    for row in rows:
+        color = {"run": "green", "skip": "yellow", "error": "red"}[row["status"]]
+        table.add_row(row["arch"], row["kernel"], row["release"] or "?", row["driver"], row["suite"],
+                      f"[{color}]{row['status']}[/]", row["reason"] or "")
+    out.print(table)
+    return 0
+
+
+def _kernel_refs(ws: Any, arch: str, kernel: str | None) -> list[Any]:
+    from harness.matrix import KernelRef
+
+    refs: list[KernelRef] = ws.matrix.kernels(arch)
+    if kernel is None:
+        return [ws.matrix.newest_kernel(arch)]
+    if kernel == "all":
+        return refs
+    for ref in refs:
+        if kernel in (ref.label, ref.suite):
+            return [ref]
+    if Path(kernel).is_dir():
+        return [KernelRef.from_path(arch, Path(kernel))]
+    known = ", ".join(r.label for r in refs)
+    raise ConfigError(f"--kernel {kernel!r}: {arch} has no such kernel in the matrix and it is not a directory",
+                      hint=f"use one of: {known}, all, or a directory with vmlinuz and config")
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from harness.runner import boot_cell, new_run_dir, prepare
+    from harness.vm import Guest
+
+    ws = _workspace(args)
+    archs = _arch_list(args.arch)
+    if args.shell:
+        if len(archs) != 1:
+            raise UsageError("--shell needs exactly one --arch")
+        ref = _kernel_refs(ws, archs[0], args.kernel)[0]
+        spec, kernel, _image, reason = prepare(ws, get_arch(archs[0]), ref, mode="shell", accel=args.accel)
+        err.print(f"booting {archs[0]} {kernel.release} ({spec.accel}: {reason}); exit the shell to power off")
+        run_dir = new_run_dir(args.output, "shell")
+        with Guest(spec, run_dir / "console.log") as guest:
+            guest.interact()
+        return 0
+    run_dir = args.output or new_run_dir(None, "boot")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for arch in archs:
+        for ref in _kernel_refs(ws, arch, args.kernel):
+            ws.say(f"[bold]{arch}[/] {ref.label}: booting")
+            result = boot_cell(ws, arch, ref, run_dir, accel=args.accel)
+            results.append(result)
+            ws.say(f"{arch} {ref.label}: " + (f"ready in {result.boot_seconds:.1f} s" if result.ready
+                                               else f"[red]{escape(result.error or '')}[/]"))
+    (run_dir / "boot.json").write_text(json.dumps([r.to_json() for r in results], indent=2))
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        table = Table(title=f"kmatrix boot ({run_dir})")
+        for column in ("arch", "kernel", "uname -r", "uname -m", "python", "accel", "boot s", "ready", "image MB"):
+            table.add_column(column)
+        for r in results:
+            table.add_row(r.arch, r.kernel_source, r.uname_r or r.kernel_release or "?", r.uname_m or "",
+                          r.python or "", r.accel or "", f"{r.boot_seconds:.1f}" if r.boot_seconds else "",
+                          "[green]yes[/]" if r.ready else f"[red]no[/] {escape(r.error or '')}",
+                          f"{r.image_bytes / 1e6:.1f}" if r.image_bytes else "")
+        out.print(table)
+    return 0 if all(r.ready for r in results) else 1
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    ws = _workspace(args)
+    rows = []
+    for arch in _arch_list(args.arch):
+        started = time.monotonic()
+        image = ws.image(get_arch(arch))
+        rows.append({**image.describe(), "seconds": round(time.monotonic() - started, 2)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            out.print(f"{row['arch']}: {row['path']} {int(row['size_bytes']) / 1e6:.2f} MB "  # type: ignore[call-overload]
+                      f"(Python {row['python']}, {'built' if row['built'] else 'cached'} in {row['seconds']} s)")
+    return 0
+
+
+# -- parser and entry point -------------------------------------------------------------------
+def build_parser() -> Parser:
+    parser = Parser(prog="kmatrix", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kmatrix {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument("--matrix", type=Path, default=None, help="matrix file (default: ./matrix.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("doctor", parents=[common], help="what this host has and lacks, per architecture")
+    p.add_argument("--arch", default="all")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("setup", parents=[common], help="install what doctor reports missing (apt)")
+    p.add_argument("--arch", default="all")
+    p.add_argument("--dry-run", action="store_true", help="print the plan only")
+    p.add_argument("--yes", "-y", action="store_true", help="accepted for scripts (setup never prompts)")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("list", parents=[common], help="cells of a profile, with applicability and skip reasons")
+    p.add_argument("--profile", default="full")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--no-fetch", action="store_true", help="do not fetch kernels to read their config")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("boot", parents=[common], help="boot guests and report the time to the agent's ready")
+    p.add_argument("--arch", required=True, help="an architecture, a comma list, or all")
+    p.add_argument("--kernel", default=None, help="a suite from matrix.yaml, all, or a directory (default: newest)")
+    p.add_argument("--shell", action="store_true", help="an interactive shell on the guest console")
+    p.add_argument("--accel", choices=["kvm", "tcg"], default=None, help="skip the KVM probe")
+    p.add_argument("-o", "--output", type=Path, default=None, help="run directory (default: runs/boot-*)")
+    p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("image", parents=[common], help="build (or find cached) guest images")
+    p.add_argument("--arch", default="all")
+    p.set_defaults(func=cmd_image)
+    return parser
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    kill_all_guests()
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    atexit.register(kill_all_guests)
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except KmatrixError as error:
+        if debug:
+            raise
+        err.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
+        if error.hint:
+            err.print(f"hint: {escape(error.hint)}", soft_wrap=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        killed = kill_all_guests()
+        err.print(f"interrupted; stopped {killed} guest(s)")
+        return 130

@@ -1,0 +1,111 @@
+"""Guest agent: announces itself, then serves requests from the host until told to power off.
+
+Requests are {"type": "request", "id": N, "op": NAME, ...}; every request gets exactly one
+{"type": "result", "id": N, "ok": bool, ...} back. A host that saw a corrupt frame sends
+{"type": "resend", "seq": S}.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from harness.guest.channel import Channel
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def system_info() -> dict[str, Any]:
+    uname = os.uname()
+    return {
+        "release": uname.release,
+        "machine": uname.machine,
+        "kernel_version": uname.version,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "uptime_s": float(read_text("/proc/uptime").split()[0] or 0),
+        "btf": os.path.exists("/sys/kernel/btf/vmlinux"),
+        "tracefs": os.path.isdir("/sys/kernel/tracing/events"),
+        "cmdline": read_text("/proc/cmdline").strip(),
+    }
+
+
+def op_info(_request: dict[str, Any]) -> dict[str, Any]:
+    return system_info()
+
+
+def op_exec(request: dict[str, Any]) -> dict[str, Any]:
+    argv = request["argv"]
+    if not isinstance(argv, list) or not all(isinstance(arg, str) for arg in argv):
+        raise ValueError("exec needs argv: a list of strings")
+    started = time.monotonic()
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        timeout=float(request.get("timeout", 60)),
+        input=request.get("stdin", "").encode(),
+        check=False,
+    )
+    return {
+        "rc": done.returncode,
+        "stdout": done.stdout.decode(errors="replace"),
+        "stderr": done.stderr.decode(errors="replace"),
+        "seconds": round(time.monotonic() - started, 6),
+    }
+
+
+def op_read_file(request: dict[str, Any]) -> dict[str, Any]:
+    return {"text": read_text(str(request["path"]))}
+
+
+HANDLERS: dict[str, Handler] = {"info": op_info, "exec": op_exec, "read_file": op_read_file}
+
+
+def serve(channel: Channel) -> None:
+    channel.send({"type": "ready", **system_info()})
+    while True:
+        frame = channel.receive()
+        if frame is None:
+            return
+        message = frame.message
+        if message.get("type") == "resend":
+            channel.resend(int(message.get("seq", -1)))
+            continue
+        request_id = message.get("id")
+        op = str(message.get("op"))
+        if op == "poweroff":
+            channel.send({"type": "result", "id": request_id, "ok": True})
+            return
+        handler = HANDLERS.get(op)
+        if handler is None:
+            reply: dict[str, Any] = {"ok": False, "error": f"unknown op {op!r}; known: {sorted(HANDLERS)}"}
+        else:
+            try:
+                reply = {"ok": True, **handler(message)}
+            except Exception as error:  # any failure is reported, never fatal to the agent
+                reply = {"ok": False, "error": f"{type(error).__name__}: {error}",
+                         "traceback": traceback.format_exc()}
+        channel.send({"type": "result", "id": request_id, **reply})
+
+
+def main() -> int:
+    serve(Channel())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

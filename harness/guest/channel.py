@@ -1,0 +1,68 @@
+"""The guest's end of the console protocol: framed lines out, framed requests in."""
+
+from __future__ import annotations
+
+import os
+import select
+import termios
+import tty
+from collections import OrderedDict
+from typing import Any
+
+from harness import protocol
+
+_RESEND_WINDOW = 256
+
+
+class Channel:
+    def __init__(self, in_fd: int = 0, out_fd: int = 1) -> None:
+        self._in = in_fd
+        self._out = out_fd
+        self._seq = 0
+        self._sent: OrderedDict[int, str] = OrderedDict()
+        self._scanner = protocol.FrameScanner()
+        self._inbox: list[protocol.Frame] = []
+        try:
+            # Raw input: no echo of the host's requests, no line-length limit, no CR mangling.
+            tty.setraw(self._in, termios.TCSANOW)
+        except termios.error:
+            pass  # not a tty (tests over pipes)
+
+    def send(self, message: dict[str, Any]) -> int:
+        self._seq += 1
+        line = protocol.encode(self._seq, message)
+        self._sent[self._seq] = line
+        while len(self._sent) > _RESEND_WINDOW:
+            self._sent.popitem(last=False)
+        self._write(line)
+        return self._seq
+
+    def resend(self, seq: int) -> None:
+        line = self._sent.get(seq)
+        if line is None:
+            self.send({"type": "error", "error": f"frame {seq} is no longer kept for resending"})
+        else:
+            self._write(line)
+
+    def _write(self, line: str) -> None:
+        # One write per frame (with a leading newline so a frame never starts mid kernel line).
+        data = ("\n" + line + "\n").encode("ascii")
+        while data:
+            written = os.write(self._out, data)
+            data = data[written:]
+
+    def receive(self, timeout_s: float | None = None) -> protocol.Frame | None:
+        """The next verified request; asks for a resend of corrupt ones. None on timeout or EOF."""
+        while not self._inbox:
+            ready, _, _ = select.select([self._in], [], [], timeout_s)
+            if not ready:
+                return None
+            chunk = os.read(self._in, 65536)
+            if not chunk:
+                return None
+            for item in self._scanner.feed(chunk.decode("ascii", errors="replace")):
+                if isinstance(item, protocol.Frame):
+                    self._inbox.append(item)
+                else:
+                    self.send({"type": "nak", "seq": item.seq, "reason": item.reason})
+        return self._inbox.pop(0)

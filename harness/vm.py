@@ -1,0 +1,288 @@
+"""QEMU guests: command lines from arch profiles, boot, console session with the agent, teardown.
+
+Every QEMU runs in its own session (pexpect gives it a pty) with a parent-death signal, and every
+Guest is closed on success, error, timeout, Ctrl-C and SIGTERM, so no QEMU outlives its run.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import re
+import signal
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import pexpect
+
+from harness import protocol
+from harness.archs import ArchProfile
+from harness.errors import BootError, GuestError
+
+# What a dying kernel prints; seeing any of these ends the session with the surrounding lines.
+CRASH_PATTERNS = re.compile(
+    r"Kernel panic - not syncing|Attempted to kill init|BUG: |Oops[:\s]|Unable to handle kernel|"
+    r"general protection fault|kernel BUG at|Internal error: Oops"
+)
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    arch: ArchProfile
+    kernel: Path
+    initrd: Path
+    accel: str = "tcg"  # "tcg" or "kvm"
+    smp: int = 2
+    memory_mb: int | None = None
+    firmware: Path | None = None  # -bios file for arches whose firmware comes from Debian
+    mode: str = "agent"  # "agent" or "shell"
+    extra_cmdline: tuple[str, ...] = ()
+
+    def cmdline(self) -> str:
+        words = [f"console={self.arch.console}"] if self.arch.console else []
+        # panic=-1 + -no-reboot: a panic ends QEMU instead of hanging; printk.time lets the host
+        # recognise kernel lines inside agent frames; loglevel=5 keeps boot chatter off the console.
+        words += ["panic=-1", "oops=panic", "printk.time=1", "loglevel=5", "rdinit=/init",
+                  f"kmatrix.mode={self.mode}", *self.extra_cmdline]
+        return " ".join(words)
+
+
+def qemu_command(spec: BootSpec) -> list[str]:
+    arch = spec.arch
+    machine = ",".join([arch.machine, *arch.machine_args])
+    argv = [arch.qemu_binary, "-machine", machine, "-accel", spec.accel]
+    if spec.accel == "kvm":
+        argv += ["-cpu", "host"]
+    elif arch.cpu:
+        argv += ["-cpu", arch.cpu]
+    argv += ["-smp", str(spec.smp), "-m", str(spec.memory_mb or arch.memory_mb)]
+    if spec.firmware is not None:
+        argv += ["-bios", str(spec.firmware)]
+    elif arch.bios:
+        argv += ["-bios", arch.bios]
+    argv += ["-nographic", "-monitor", "none", "-nic", "none", "-no-reboot",
+             "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline()]
+    return argv
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: QEMU gets SIGKILL if the harness dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+
+
+_LIVE: weakref.WeakSet[Guest] = weakref.WeakSet()
+
+
+def kill_all_guests() -> int:
+    """Close every running guest (signal handlers and atexit call this). Returns how many."""
+    guests = list(_LIVE)
+    for guest in guests:
+        guest.close()
+    return len(guests)
+
+
+@dataclass
+class ConsoleLog:
+    """Everything QEMU printed, kept on disk and in memory for excerpts."""
+
+    path: Path
+    text: str = ""
+    _handle: TextIO | None = field(default=None, repr=False)
+
+    def append(self, chunk: str) -> None:
+        self.text += chunk
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._handle.write(chunk)
+        self._handle.flush()
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.text.replace("\r", "").splitlines()[-lines:])
+
+    def around(self, index: int, before: int = 10, after: int = 40) -> str:
+        lines = self.text.replace("\r", "")
+        line_no = lines[:index].count("\n")
+        split = lines.splitlines()
+        return "\n".join(split[max(0, line_no - before) : line_no + after])
+
+    def close(self) -> None:
+        if self._handle:
+            self._handle.close()
+            self._handle = None
+
+
+class GuestCrash(GuestError):
+    """The guest kernel panicked, oopsed or lost init; the message carries the console excerpt."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    seconds: float  # from QEMU start to the agent's ready frame
+    info: dict[str, Any]
+
+
+class Guest:
+    """One QEMU process and the console session with the agent inside it."""
+
+    def __init__(self, spec: BootSpec, log_path: Path) -> None:
+        self.spec = spec
+        self.log = ConsoleLog(log_path)
+        self.argv = qemu_command(spec)
+        self._child: pexpect.spawn | None = None
+        self._scanner = protocol.FrameScanner()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._frames: list[protocol.Frame] = []
+        self._next_id = 0
+        self._started = 0.0
+        self._crash_scan_from = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._child = pexpect.spawn(self.argv[0], self.argv[1:], encoding=None, echo=False,
+                                        preexec_fn=_die_with_parent, dimensions=(50, 200))
+        except pexpect.ExceptionPexpect as error:
+            raise BootError(f"cannot start {self.argv[0]}: {error}",
+                            hint="run `kmatrix doctor` to see which QEMU packages are missing") from None
+        self._started = time.monotonic()
+        _LIVE.add(self)
+
+    def wait_ready(self, timeout_s: float) -> Ready:
+        frame = self._wait_frame(lambda m: m.get("type") == "ready", timeout_s, phase="boot")
+        return Ready(round(time.monotonic() - self._started, 3), frame.message)
+
+    def __enter__(self) -> Guest:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            if child.isalive():
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except OSError:
+                    child.kill(signal.SIGKILL)
+            try:
+                child.close(force=True)
+            except pexpect.ExceptionPexpect:
+                pass
+        self.log.close()
+        _LIVE.discard(self)
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
+
+    # -- requests --------------------------------------------------------------------------
+    def request(self, op: str, timeout_s: float = 60, **fields: Any) -> dict[str, Any]:
+        """Send one request to the agent and wait for its result (ok is checked by the caller)."""
+        self._next_id += 1
+        request_id = self._next_id
+        self._send({"type": "request", "id": request_id, "op": op, **fields})
+        frame = self._wait_frame(lambda m: m.get("type") == "result" and m.get("id") == request_id,
+                                 timeout_s, phase=f"request {op}")
+        return frame.message
+
+    def exec(self, argv: list[str], timeout_s: float = 60) -> dict[str, Any]:
+        result = self.request("exec", timeout_s=timeout_s + 10, argv=argv, timeout=timeout_s)
+        if not result.get("ok"):
+            raise GuestError(f"guest could not run {argv}: {result.get('error')}")
+        return result
+
+    def poweroff(self, timeout_s: float = 30) -> None:
+        self.request("poweroff", timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self._child is not None and self._child.isalive() and time.monotonic() < deadline:
+            self._pump(0.2)
+
+    def interact(self) -> None:
+        """Hand the console to the user (for `kmatrix boot --shell`)."""
+        if self._child is None:
+            raise GuestError("guest is not running")
+        self._child.interact(escape_character=None)
+
+    # -- console plumbing ------------------------------------------------------------------
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._child is None:
+            raise GuestError("guest is not running")
+        self._child.send((protocol.encode(0, message) + "\n").encode("ascii"))
+
+    def _pump(self, timeout_s: float) -> bool:
+        """Read what QEMU printed; False at EOF."""
+        assert self._child is not None
+        try:
+            data = self._child.read_nonblocking(65536, timeout=timeout_s)
+        except pexpect.TIMEOUT:
+            return True
+        except pexpect.EOF:
+            return False
+        text = self._decoder.decode(data)
+        self.log.append(text)
+        for item in self._scanner.feed(text):
+            if isinstance(item, protocol.Frame):
+                self._frames.append(item)
+            elif item.seq is not None:
+                self._send({"type": "resend", "seq": item.seq})
+        return True
+
+    def _check_crash(self) -> None:
+        match = CRASH_PATTERNS.search(self.log.text, max(0, self._crash_scan_from - 200))
+        self._crash_scan_from = len(self.log.text)
+        if not match:
+            return
+        # Give the kernel a moment to print the rest of the trace before QEMU exits.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and self._pump(0.2):
+            pass
+        excerpt = self.log.around(match.start())
+        raise GuestCrash(f"guest kernel crashed ({match.group(0).strip()}):\n{excerpt}",
+                         hint=f"full console log: {self.log.path}")
+
+    def _wait_frame(self, wanted: Any, timeout_s: float, *, phase: str) -> protocol.Frame:
+        if self._child is None:
+            raise GuestError("guest is not running")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for frame in self._frames:
+                if wanted(frame.message):
+                    self._frames.remove(frame)
+                    return frame
+            self._check_crash()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                error = BootError if phase == "boot" else GuestError
+                raise error(f"timed out after {timeout_s:.0f} s in {phase}; last console lines:\n{self.log.tail(15)}",
+                            hint=f"full console log: {self.log.path}")
+            if not self._pump(min(remaining, 0.5)):
+                self._check_crash()
+                error = BootError if phase == "boot" else GuestError
+                raise error(f"QEMU exited during {phase}; last console lines:\n{self.log.tail(15)}",
+                            hint=f"command: {' '.join(self.argv)}")
+
+
+def running_qemu_pids(pattern: str = "qemu-system-") -> Iterator[int]:
+    """QEMU processes on this host, read from /proc (used by tests and fault drills)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if pattern in os.path.basename(cmd):
+            yield int(entry.name)
