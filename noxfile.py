@@ -1,0 +1,47 @@
+"""nox sessions for kmatrix. Thin on purpose: the work lives in `harness/`.
+
+    nox -s tests                      unit tests + boot tests on the `ci` profile (what CI runs)
+    nox -s lint                       ruff + mypy --strict
+    nox -s "boot(arch='riscv64')"     boot every kernel of one architecture (one session per arch)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+import yaml
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+ARCHS: list[str] = list(yaml.safe_load((ROOT / "matrix.yaml").read_text())["architectures"])
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+
+
+@nox.session(tags=["ci"])
+def tests(session: nox.Session) -> None:
+    """Unit tests and the `ci` profile's guest boots (posargs go to pytest)."""
+    _install(session)
+    session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy --strict on harness/."""
+    _install(session)
+    session.run("ruff", "check", "harness", "tests", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session(default=False)
+@nox.parametrize("arch", [nox.param(arch, id=arch, tags=[f"arch_{arch}"]) for arch in ARCHS])
+def boot(session: nox.Session, arch: str) -> None:
+    """Boot every kernel of one architecture in the matrix and check the agent answers."""
+    _install(session)
+    session.run("pytest", "-m", "vm", "tests/integration/test_boot.py", "--kmatrix-profile", "full",
+                "--kmatrix-arch", arch, "--kmatrix-kernels", "all", *session.posargs)
