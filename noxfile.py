@@ -1,8 +1,8 @@
 """nox sessions for kmatrix. Thin on purpose: the work lives in `harness/`.
 
-    nox -s tests                      unit tests + boot tests on the `ci` profile (what CI runs)
-    nox -s lint                       ruff + mypy --strict
-    nox -s "boot(arch='riscv64')"     boot every kernel of one architecture (one session per arch)
+nox -s tests                      unit tests + boot tests on the `ci` profile (what CI runs)
+nox -s lint                       ruff + mypy --strict
+nox -s "boot(arch='riscv64')"     boot every kernel of one architecture (one session per arch)
 """
 
 from __future__ import annotations
@@ -43,5 +43,16 @@ def lint(session: nox.Session) -> None:
 def boot(session: nox.Session, arch: str) -> None:
     """Boot every kernel of one architecture in the matrix and check the agent answers."""
     _install(session)
-    session.run("pytest", "-m", "vm", "tests/integration/test_boot.py", "--kmatrix-profile", "full",
-                "--kmatrix-arch", arch, "--kmatrix-kernels", "all", *session.posargs)
+    session.run(
+        "pytest",
+        "-m",
+        "vm",
+        "tests/integration/test_boot.py",
+        "--kmatrix-profile",
+        "full",
+        "--kmatrix-arch",
+        arch,
+        "--kmatrix-kernels",
+        "all",
+        *session.posargs,
+    )

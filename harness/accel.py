@@ -66,8 +66,9 @@ def choose_accel(spec: BootSpec, cache: Path, qemu_version: str) -> AccelChoice:
 
 
 def _probe(spec: BootSpec) -> AccelChoice:
-    probe_spec = BootSpec(spec.arch, spec.kernel, spec.initrd, accel="kvm", smp=spec.smp,
-                          memory_mb=spec.memory_mb, firmware=spec.firmware)
+    probe_spec = BootSpec(
+        spec.arch, spec.kernel, spec.initrd, accel="kvm", smp=spec.smp, memory_mb=spec.memory_mb, firmware=spec.firmware
+    )
     with tempfile.TemporaryDirectory(prefix="kmatrix-kvm-probe-") as tmp:
         guest = Guest(probe_spec, Path(tmp) / "console.log")
         try:

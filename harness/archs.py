@@ -18,7 +18,10 @@ class Firmware:
     suite: str
     package: str
     path: str  # inside the package's data
-    debian_arch: str = "all"
+    # Architecture: all packages are listed in every binary-<arch> index too; those indexes are
+    # what apt itself reads (a mirror's binary-all index was seen out of sync with InRelease).
+    debian_arch: str = "amd64"
+    fallback_suites: tuple[str, ...] = ("forky", "sid")
 
 
 @dataclass(frozen=True)

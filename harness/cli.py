@@ -33,6 +33,8 @@ class UsageError(ConfigError):
 
 
 class Parser(argparse.ArgumentParser):
+    """Usage errors become UsageError: one line, exit 2, no argparse banner."""
+
     def error(self, message: str) -> Any:  # one line, exit 2, like every other usage error
         raise UsageError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
 
@@ -40,8 +42,14 @@ class Parser(argparse.ArgumentParser):
 def _progress(quiet: bool) -> tuple[Progress | None, Callable[[str, int, int | None], None] | None]:
     if quiet or not err.is_terminal:
         return None, None
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        console=err, transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    )
     tasks: dict[str, Any] = {}
 
     def hook(name: str, done: int, total: int | None) -> None:
@@ -61,7 +69,9 @@ def _workspace(args: argparse.Namespace) -> Any:
     if progress:
         progress.start()
         atexit.register(progress.stop)
-    say: Callable[[str], None] = (lambda _m: None) if (args.quiet or args.json) else (lambda m: err.print(m, soft_wrap=True))
+    say: Callable[[str], None] = (
+        (lambda _m: None) if (args.quiet or args.json) else (lambda m: err.print(m, soft_wrap=True))
+    )
     return Workspace.open(args.matrix, say=say, progress=hook)
 
 
@@ -82,9 +92,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     host = check_host()
     archs = {name: check_arch(get_arch(name), release) for name in _arch_list(args.arch)}
     if args.json:
-        print(json.dumps({"release": release,
-                          "host": [vars(c) for c in host],
-                          "archs": {n: [vars(c) for c in r.checks] for n, r in archs.items()}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "release": release,
+                    "host": [vars(c) for c in host],
+                    "archs": {n: [vars(c) for c in r.checks] for n, r in archs.items()},
+                },
+                indent=2,
+            )
+        )
     else:
         table = Table(title=f"kmatrix doctor (host: Debian {release})")
         for column in ("scope", "check", "status", "detail", "fix"):
@@ -134,6 +151,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 except KmatrixError as error:
                     facts_cache[key] = error
         facts = facts_cache[key]
+        reason: str | None
         if isinstance(facts, KmatrixError):
             status, reason, release = "error", str(facts).splitlines()[0], None
         else:
@@ -141,8 +159,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             status = "run" if verdict.runnable else "skip"
             reason = verdict.reason
             release = facts.release if facts else None
-        rows.append({"cell": cell.id, "arch": cell.arch, "kernel": cell.kernel.label, "release": release,
-                     "driver": cell.driver, "suite": cell.suite, "status": status, "reason": reason})
+        rows.append(
+            {
+                "cell": cell.id,
+                "arch": cell.arch,
+                "kernel": cell.kernel.label,
+                "release": release,
+                "driver": cell.driver,
+                "suite": cell.suite,
+                "status": status,
+                "reason": reason,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -151,8 +179,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_column(column)
     for row in rows:
         color = {"run": "green", "skip": "yellow", "error": "red"}[row["status"]]
-        table.add_row(row["arch"], row["kernel"], row["release"] or "?", row["driver"], row["suite"],
-                      f"[{color}]{row['status']}[/]", row["reason"] or "")
+        table.add_row(
+            row["arch"],
+            row["kernel"],
+            row["release"] or "?",
+            row["driver"],
+            row["suite"],
+            f"[{color}]{row['status']}[/]",
+            row["reason"] or "",
+        )
     out.print(table)
     return 0
 
@@ -169,10 +204,13 @@ def _kernel_refs(ws: Any, arch: str, kernel: str | None) -> list[Any]:
         if kernel in (ref.label, ref.suite):
             return [ref]
     if Path(kernel).is_dir():
-        return [KernelRef.from_path(arch, Path(kernel))]
+        directory = Path(kernel).resolve()
+        return [KernelRef(arch=arch, expect=(0, 0, 0), label=directory.name, path=directory)]
     known = ", ".join(r.label for r in refs)
-    raise ConfigError(f"--kernel {kernel!r}: {arch} has no such kernel in the matrix and it is not a directory",
-                      hint=f"use one of: {known}, all, or a directory with vmlinuz and config")
+    raise ConfigError(
+        f"--kernel {kernel!r}: {arch} has no such kernel in the matrix and it is not a directory",
+        hint=f"use one of: {known}, all, or a directory with vmlinuz and config",
+    )
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -199,8 +237,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
             ws.say(f"[bold]{arch}[/] {ref.label}: booting")
             result = boot_cell(ws, arch, ref, run_dir, accel=args.accel)
             results.append(result)
-            ws.say(f"{arch} {ref.label}: " + (f"ready in {result.boot_seconds:.1f} s" if result.ready
-                                               else f"[red]{escape(result.error or '')}[/]"))
+            ws.say(
+                f"{arch} {ref.label}: "
+                + (f"ready in {result.boot_seconds:.1f} s" if result.ready else f"[red]{escape(result.error or '')}[/]")
+            )
     (run_dir / "boot.json").write_text(json.dumps([r.to_json() for r in results], indent=2))
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
@@ -209,10 +249,17 @@ def cmd_boot(args: argparse.Namespace) -> int:
         for column in ("arch", "kernel", "uname -r", "uname -m", "python", "accel", "boot s", "ready", "image MB"):
             table.add_column(column)
         for r in results:
-            table.add_row(r.arch, r.kernel_source, r.uname_r or r.kernel_release or "?", r.uname_m or "",
-                          r.python or "", r.accel or "", f"{r.boot_seconds:.1f}" if r.boot_seconds else "",
-                          "[green]yes[/]" if r.ready else f"[red]no[/] {escape(r.error or '')}",
-                          f"{r.image_bytes / 1e6:.1f}" if r.image_bytes else "")
+            table.add_row(
+                r.arch,
+                r.kernel_source,
+                r.uname_r or r.kernel_release or "?",
+                r.uname_m or "",
+                r.python or "",
+                r.accel or "",
+                f"{r.boot_seconds:.1f}" if r.boot_seconds else "",
+                "[green]yes[/]" if r.ready else f"[red]no[/] {escape(r.error or '')}",
+                f"{r.image_bytes / 1e6:.1f}" if r.image_bytes else "",
+            )
         out.print(table)
     return 0 if all(r.ready for r in results) else 1
 
@@ -228,8 +275,10 @@ def cmd_image(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            out.print(f"{row['arch']}: {row['path']} {int(row['size_bytes']) / 1e6:.2f} MB "  # type: ignore[call-overload]
-                      f"(Python {row['python']}, {'built' if row['built'] else 'cached'} in {row['seconds']} s)")
+            out.print(
+                f"{row['arch']}: {row['path']} {int(row['size_bytes']) / 1e6:.2f} MB "
+                f"(Python {row['python']}, {'built' if row['built'] else 'cached'} in {row['seconds']} s)"
+            )
     return 0
 
 
@@ -237,7 +286,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 def build_parser() -> Parser:
     parser = Parser(prog="kmatrix", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kmatrix {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     common.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")

@@ -26,8 +26,13 @@ class Entry:
 
     @property
     def kind(self) -> str:
-        for name, test in (("dir", stat.S_ISDIR), ("link", stat.S_ISLNK), ("file", stat.S_ISREG),
-                           ("char", stat.S_ISCHR), ("block", stat.S_ISBLK)):
+        for name, test in (
+            ("dir", stat.S_ISDIR),
+            ("link", stat.S_ISLNK),
+            ("file", stat.S_ISREG),
+            ("char", stat.S_ISCHR),
+            ("block", stat.S_ISBLK),
+        ):
             if test(self.mode):
                 return name
         return "other"
@@ -45,9 +50,19 @@ class CpioWriter:
     def add(self, entry: Entry) -> None:
         name = entry.path.strip("/").encode() + b"\0"
         fields = (
-            self._ino, entry.mode, entry.uid, entry.gid,
+            self._ino,
+            entry.mode,
+            entry.uid,
+            entry.gid,
             2 if stat.S_ISDIR(entry.mode) else 1,
-            entry.mtime, len(entry.data), 0, 0, entry.rdev[0], entry.rdev[1], len(name), 0,
+            entry.mtime,
+            len(entry.data),
+            0,
+            0,
+            entry.rdev[0],
+            entry.rdev[1],
+            len(name),
+            0,
         )
         self._ino += 1
         header = _MAGIC + b"".join(f"{value:08x}".encode() for value in fields)
@@ -84,7 +99,10 @@ def write_gzip_cpio(entries: list[Entry], path: Path) -> None:
         writer.add(entry)
     writer.close()
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as handle, gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=9, mtime=0) as gz:
+    with (
+        open(tmp, "wb") as handle,
+        gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=9, mtime=0) as gz,
+    ):
         gz.write(raw.getvalue())
     tmp.replace(path)
 

@@ -75,22 +75,46 @@ def check_arch(arch: ArchProfile, release: str) -> ArchReport:
     version = qemu_version(arch.qemu_binary)
     packages = _qemu_packages(arch, release)
     use_backports = release == "bookworm"
-    install = f"kmatrix setup   (apt-get install{' -t bookworm-backports' if use_backports else ''} {' '.join(packages)})"
+    install = (
+        f"kmatrix setup   (apt-get install{' -t bookworm-backports' if use_backports else ''} {' '.join(packages)})"
+    )
     needed = MIN_QEMU.get(arch.name)
     if version is None:
         report.checks.append(Check("qemu", False, f"{arch.qemu_binary} not found", install, packages, use_backports))
     elif needed and version < needed:
-        report.checks.append(Check("qemu", False, f"{arch.qemu_binary} {version[0]}.{version[1]} is older than "
-                                   f"{needed[0]}.{needed[1]}, which {arch.name} needs", install, packages, use_backports))
+        report.checks.append(
+            Check(
+                "qemu",
+                False,
+                f"{arch.qemu_binary} {version[0]}.{version[1]} is older than "
+                f"{needed[0]}.{needed[1]}, which {arch.name} needs",
+                install,
+                packages,
+                use_backports,
+            )
+        )
     else:
         report.checks.append(Check("qemu", True, f"{arch.qemu_binary} {version[0]}.{version[1]}"))
     if arch.firmware:
-        report.checks.append(Check("firmware", True, f"{arch.firmware.package} from {arch.firmware.suite} "
-                                   "(fetched through the repository client when first needed)"))
+        report.checks.append(
+            Check(
+                "firmware",
+                True,
+                f"{arch.firmware.package} from {arch.firmware.suite} "
+                "(fetched through the repository client when first needed)",
+            )
+        )
     if arch.bios == "default" and arch.name == "riscv64":
         fw = Path("/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin")
-        report.checks.append(Check("firmware", fw.exists(), str(fw) if fw.exists() else "OpenSBI missing",
-                                   None if fw.exists() else "kmatrix setup   (apt-get install opensbi)", ("opensbi",)))
+        report.checks.append(
+            Check(
+                "firmware",
+                fw.exists(),
+                str(fw) if fw.exists() else "OpenSBI missing",
+                None if fw.exists() else "kmatrix setup   (apt-get install opensbi)",
+                ("opensbi",),
+            )
+        )
     report.checks.append(_accel_check(arch))
     return report
 
@@ -108,15 +132,23 @@ def check_host() -> list[Check]:
     checks = []
     gpgv = shutil.which("gpgv")
     checks.append(Check("gpgv", bool(gpgv), gpgv or "gpgv not found", None if gpgv else "kmatrix setup", ("gpgv",)))
-    checks.append(Check("keyring", KEYRING.exists(), str(KEYRING) if KEYRING.exists() else f"{KEYRING} missing",
-                        None if KEYRING.exists() else "kmatrix setup", ("debian-archive-keyring",)))
+    checks.append(
+        Check(
+            "keyring",
+            KEYRING.exists(),
+            str(KEYRING) if KEYRING.exists() else f"{KEYRING} missing",
+            None if KEYRING.exists() else "kmatrix setup",
+            ("debian-archive-keyring",),
+        )
+    )
     try:
         import ziglang  # noqa: F401
 
         checks.append(Check("zig", True, "ziglang (PyPI) installed"))
     except ImportError:
-        checks.append(Check("zig", True, "ziglang not installed (needed from the driver issues on; "
-                            "pip install 'kmatrix[zig]')"))
+        checks.append(
+            Check("zig", True, "ziglang not installed (needed from the driver issues on; pip install 'kmatrix[zig]')")
+        )
     return checks
 
 
@@ -135,8 +167,10 @@ class SetupPlan:
 def plan_setup(archs: list[str] | None = None) -> SetupPlan:
     release = debian_release()
     if release not in ("bookworm", "trixie", "forky", "sid"):
-        raise ConfigError(f"unsupported host release {release!r} (from /etc/os-release)",
-                          hint="kmatrix supports Debian 12 (bookworm) and Debian 13 (trixie) hosts")
+        raise ConfigError(
+            f"unsupported host release {release!r} (from /etc/os-release)",
+            hint="kmatrix supports Debian 12 (bookworm) and Debian 13 (trixie) hosts",
+        )
     packages: set[str] = set()
     backports: set[str] = set()
     for check in check_host():
@@ -146,20 +180,23 @@ def plan_setup(archs: list[str] | None = None) -> SetupPlan:
         for check in check_arch(ARCHS[name], release).checks:
             if not check.ok:
                 (backports if check.backports else packages).update(check.packages)
-    return SetupPlan(release, sorted(packages), sorted(backports),
-                     bool(backports) and not BACKPORTS_SOURCE.exists())
+    return SetupPlan(release, sorted(packages), sorted(backports), bool(backports) and not BACKPORTS_SOURCE.exists())
 
 
 def backports_source_text(mirror: str) -> str:
-    return ("# Written by `kmatrix setup`: QEMU >= 8 for loongarch64 on Debian 12.\n"
-            f"Types: deb\nURIs: {mirror}\nSuites: bookworm-backports\nComponents: main\n"
-            f"Signed-By: {KEYRING}\n")
+    return (
+        "# Written by `kmatrix setup`: QEMU >= 8 for loongarch64 on Debian 12.\n"
+        f"Types: deb\nURIs: {mirror}\nSuites: bookworm-backports\nComponents: main\n"
+        f"Signed-By: {KEYRING}\n"
+    )
 
 
 def run_setup(plan: SetupPlan, mirror: str, say: Callable[[str], None]) -> None:
     if os.geteuid() != 0:
-        raise KmatrixError("kmatrix setup installs Debian packages and must run as root",
-                           hint="run it with sudo, or install what `kmatrix doctor` lists yourself")
+        raise KmatrixError(
+            "kmatrix setup installs Debian packages and must run as root",
+            hint="run it with sudo, or install what `kmatrix doctor` lists yourself",
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
     def apt(*args: str) -> None:
@@ -167,8 +204,10 @@ def run_setup(plan: SetupPlan, mirror: str, say: Callable[[str], None]) -> None:
         say("$ " + " ".join(argv))
         done = subprocess.run(argv, env=env, check=False)
         if done.returncode != 0:
-            raise KmatrixError(f"{' '.join(argv)} failed with exit code {done.returncode}",
-                               hint="see apt's output above; fix the host's apt sources and run kmatrix setup again")
+            raise KmatrixError(
+                f"{' '.join(argv)} failed with exit code {done.returncode}",
+                hint="see apt's output above; fix the host's apt sources and run kmatrix setup again",
+            )
 
     if plan.add_backports_source:
         say(f"writing {BACKPORTS_SOURCE} (bookworm-backports from the host's own mirror)")

@@ -41,13 +41,20 @@ class KernelImage:
 
     @property
     def facts(self) -> KernelFacts:
-        return KernelFacts(release=self.release, package_version=self.package_version,
-                           config=self.config, suite=self.source)
+        return KernelFacts(
+            release=self.release, package_version=self.package_version, config=self.config, suite=self.source
+        )
 
     def describe(self) -> dict[str, object]:
-        return {"arch": self.arch, "source": self.source, "release": self.release, "package": self.package,
-                "package_version": self.package_version, "kernel": str(self.kernel),
-                "capabilities": self.facts.capabilities()}
+        return {
+            "arch": self.arch,
+            "source": self.source,
+            "release": self.release,
+            "package": self.package,
+            "package_version": self.package_version,
+            "kernel": str(self.kernel),
+            "capabilities": self.facts.capabilities(),
+        }
 
 
 def _extract_boot_files(repo: DebianRepo, pkg: Package, cache: Path) -> Path:
@@ -95,8 +102,10 @@ def resolve_image_package(repo: DebianRepo, arch: ArchProfile, suite: str) -> Pa
     for name in _dependency_names(meta):
         if name.startswith("linux-image-") and name != meta_name and not name.endswith("-dbg"):
             return repo.find(suite, arch.debian_arch, name)
-    raise FetchError(f"{meta_name} {meta.version} in {suite}/{arch.debian_arch} depends on no linux-image-* package",
-                     hint="the suite's kernel packaging changed; report it with the metapackage's Depends")
+    raise FetchError(
+        f"{meta_name} {meta.version} in {suite}/{arch.debian_arch} depends on no linux-image-* package",
+        hint="the suite's kernel packaging changed; report it with the metapackage's Depends",
+    )
 
 
 def fetch_kernel(repo: DebianRepo, arch: ArchProfile, suite: str, cache: Path) -> KernelImage:
@@ -107,8 +116,10 @@ def fetch_kernel(repo: DebianRepo, arch: ArchProfile, suite: str, cache: Path) -
             roots.append(_extract_boot_files(repo, repo.find(suite, arch.debian_arch, name), cache))
     kernel = _first_match(roots, arch.kernel_globs)
     if kernel is None:
-        raise FetchError(f"{image.name} {image.version} ({suite}/{arch.debian_arch}) holds no kernel matching "
-                         f"{', '.join(arch.kernel_globs)}")
+        raise FetchError(
+            f"{image.name} {image.version} ({suite}/{arch.debian_arch}) holds no kernel matching "
+            f"{', '.join(arch.kernel_globs)}"
+        )
     config_path = _first_match(roots, ("boot/config-*", "usr/lib/modules/*/config"))
     release = _release_of(kernel, config_path)
     config = parse_config(config_path.read_text()) if config_path else {}
@@ -118,8 +129,10 @@ def fetch_kernel(repo: DebianRepo, arch: ArchProfile, suite: str, cache: Path) -
 def user_kernel(arch: ArchProfile, directory: Path) -> KernelImage:
     """A user's own kernel: a directory with the boot file (vmlinuz*/vmlinux*/Image) and its config."""
     if not directory.is_dir():
-        raise ConfigError(f"kernel directory {directory} does not exist",
-                          hint="pass a directory holding vmlinuz (or vmlinux/Image) and config")
+        raise ConfigError(
+            f"kernel directory {directory} does not exist",
+            hint="pass a directory holding vmlinuz (or vmlinux/Image) and config",
+        )
     kernel = _first_match([directory], ("vmlinuz*", "vmlinux*", "Image*", "bzImage", *arch.kernel_globs))
     if kernel is None:
         raise ConfigError(f"{directory}: no kernel file (vmlinuz*, vmlinux*, Image*, bzImage) found")
@@ -145,7 +158,7 @@ def _release_of(kernel: Path, config: Path | None) -> str:
             continue
         for prefix in ("config-", "vmlinuz-", "vmlinux-"):
             if path.name.startswith(prefix):
-                return path.name[len(prefix):]
+                return path.name[len(prefix) :]
         if path.parent.parent.name == "modules":  # usr/lib/modules/<release>/vmlinuz
             return path.parent.name
     return os.path.basename(kernel)

@@ -20,14 +20,22 @@ from harness.debian import DebianRepo
 from harness.errors import BuildError, FetchError
 
 # Enough of a userland to run python3.X -S with ctypes: its own libc, loader and libffi.
-RUNTIME_PACKAGES = ("libc6", "zlib1g", "libexpat1", "libffi8", "python{py}-minimal",
-                    "libpython{py}-minimal", "libpython{py}-stdlib")
+RUNTIME_PACKAGES = (
+    "libc6",
+    "zlib1g",
+    "libexpat1",
+    "libffi8",
+    "python{py}-minimal",
+    "libpython{py}-minimal",
+    "libpython{py}-stdlib",
+)
 
 
 def host_debian_arch() -> str:
     try:
-        return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         machine = os.uname().machine
         return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
@@ -40,8 +48,10 @@ def suite_python_version(repo: DebianRepo, suite: str, arch: str) -> str:
         for name in group:
             if name.startswith("python3.") and name.endswith("-minimal"):
                 return name[len("python") : -len("-minimal")]
-    raise FetchError(f"cannot tell the default Python of {suite}/{arch}: python3-minimal {meta.version} "
-                     "depends on no python3.X-minimal")
+    raise FetchError(
+        f"cannot tell the default Python of {suite}/{arch}: python3-minimal {meta.version} "
+        "depends on no python3.X-minimal"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,38 +71,52 @@ class PythonRuntime:
 
     @property
     def stdlib_dirs(self) -> list[Path]:
-        return [root / "usr/lib" / f"python{self.version}" for root in self.roots
-                if (root / "usr/lib" / f"python{self.version}").is_dir()]
+        return [
+            root / "usr/lib" / f"python{self.version}"
+            for root in self.roots
+            if (root / "usr/lib" / f"python{self.version}").is_dir()
+        ]
 
     def command(self) -> list[str]:
         """argv prefix that runs this Python on the host through its own loader."""
         loader = self._find("usr/lib/*-linux-gnu*/ld-linux*.so*")
-        libdirs = sorted({str(path.parent) for root in self.roots
-                          for path in root.glob("usr/lib/*-linux-gnu*/lib*.so*")})
-        return [str(loader), "--library-path", ":".join(libdirs),
-                str(self._find(f"usr/bin/python{self.version}")), "-S", "-B"]
+        libdirs = sorted(
+            {str(path.parent) for root in self.roots for path in root.glob("usr/lib/*-linux-gnu*/lib*.so*")}
+        )
+        return [
+            str(loader),
+            "--library-path",
+            ":".join(libdirs),
+            str(self._find(f"usr/bin/python{self.version}")),
+            "-S",
+            "-B",
+        ]
 
     def run(self, args: Sequence[str], *, pythonpath: Sequence[Path] = (), timeout: float = 300) -> str:
         """Run with an stdlib search path spread over the unpacked package roots."""
         paths = [str(p) for p in pythonpath]
         for stdlib in self.stdlib_dirs:
             paths += [str(stdlib), str(stdlib / "lib-dynload")]
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(paths), "PYTHONNOUSERSITE": "1",
-               "LC_ALL": "C.UTF-8"}
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(paths), "PYTHONNOUSERSITE": "1", "LC_ALL": "C.UTF-8"}
         try:
-            done = subprocess.run([*self.command(), *args], capture_output=True, text=True, env=env,
-                                  timeout=timeout, check=False)
+            done = subprocess.run(
+                [*self.command(), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as error:
             raise BuildError(f"host Python {self.version} did not run: {error}") from None
         if done.returncode != 0:
-            raise BuildError(f"host Python {self.version} failed (exit {done.returncode}): "
-                             f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}",
-                             hint="run with --debug to see the full output")
+            raise BuildError(
+                f"host Python {self.version} failed (exit {done.returncode}): "
+                f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}",
+                hint="run with --debug to see the full output",
+            )
         return done.stdout
 
 
-def python_runtime(repo: DebianRepo, suite: str, arch: str, version: str) -> PythonRuntime:
+def python_runtime(repo: DebianRepo, suites: Sequence[str], arch: str, version: str) -> PythonRuntime:
+    """Unpack the runtime's packages, each from the first of `suites` whose pool holds it."""
     roots = []
     for template in RUNTIME_PACKAGES:
-        roots.append(repo.unpack(repo.find(suite, arch, template.format(py=version))))
+        pkg, _notes = repo.find_fetchable(suites, arch, template.format(py=version))
+        roots.append(repo.unpack(pkg))
     return PythonRuntime(version, tuple(roots), arch)

@@ -17,8 +17,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kmatrix")
     group.addoption("--kmatrix-profile", default="ci", help="matrix profile whose cells vm tests run (default: ci)")
     group.addoption("--kmatrix-arch", default=None, help="only these architectures (comma list)")
-    group.addoption("--kmatrix-kernels", default="newest", choices=["newest", "all"],
-                    help="boot tests: each arch's newest kernel, or all of its kernels")
+    group.addoption(
+        "--kmatrix-kernels",
+        default="newest",
+        choices=["newest", "all"],
+        help="boot tests: each arch's newest kernel, or all of its kernels",
+    )
 
 
 def selected_boot_targets(config: pytest.Config) -> list[tuple[str, str]]:
@@ -43,10 +47,13 @@ def selected_boot_targets(config: pytest.Config) -> list[tuple[str, str]]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "boot_target" in metafunc.fixturenames:
         pairs = selected_boot_targets(metafunc.config)
-        metafunc.parametrize("boot_target", [
-            pytest.param(pair, id=f"{pair[0]}-{pair[1]}", marks=[getattr(pytest.mark, f"arch_{pair[0]}")])
-            for pair in pairs
-        ])
+        metafunc.parametrize(
+            "boot_target",
+            [
+                pytest.param(pair, id=f"{pair[0]}-{pair[1]}", marks=[getattr(pytest.mark, f"arch_{pair[0]}")])
+                for pair in pairs
+            ],
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -42,6 +42,7 @@ class Recipe(BaseModel):
     keep: list[str]
     drop: list[str] = []
     python_extra_modules: list[str] = []
+    fallback_suites: list[str] = []
     directories: list[str] = []
 
 
@@ -68,8 +69,15 @@ class GuestImage:
     built: bool  # False when taken from the cache
 
     def describe(self) -> dict[str, object]:
-        return {"path": str(self.path), "arch": self.arch, "suite": self.suite, "python": self.python,
-                "packages": self.packages, "size_bytes": self.size, "built": self.built}
+        return {
+            "path": str(self.path),
+            "arch": self.arch,
+            "suite": self.suite,
+            "python": self.python,
+            "packages": self.packages,
+            "size_bytes": self.size,
+            "built": self.built,
+        }
 
 
 def _canonical(relpath: str) -> str:
@@ -137,15 +145,21 @@ class ImageBuilder:
         init = project_root() / "images" / "init"
         py = suite_python_version(self.repo, suite, arch.debian_arch)
         names = [name.format(py=py) for name in recipe.packages]
-        packages = [self.repo.find(suite, arch.debian_arch, name) for name in names]
+        suites = [suite, *[s for s in recipe.fallback_suites if s != suite]]
+        packages: list[Package] = []
+        for name in names:
+            pkg, notes = self.repo.find_fetchable(suites, arch.debian_arch, name)
+            for note in notes:
+                self.log(f"{arch.name}: {note.splitlines()[0]}")
+            packages.append(pkg)
         key = _input_hash(recipe, packages, init, {"arch": arch.name, "suite": suite})
         target = self.cache / f"{arch.name}-{suite}-{key}.cpio.gz"
-        meta = {pkg.name: pkg.version for pkg in packages}
+        meta = {pkg.name: pkg.version + ("" if pkg.suite == suite else f" ({pkg.suite})") for pkg in packages}
         with FileLock(str(target) + ".lock"):
             if target.exists():
                 return GuestImage(target, arch.name, suite, py, meta, target.stat().st_size, False)
             self.log(f"building guest image for {arch.name} ({suite}, Python {py})")
-            runtime = python_runtime(self.repo, suite, host_debian_arch(), py)
+            runtime = python_runtime(self.repo, suites, host_debian_arch(), py)
             with tempfile.TemporaryDirectory(prefix="kmatrix-rootfs-") as tmp:
                 staging = Path(tmp) / "root"
                 self._stage_packages(staging, packages, recipe)
@@ -171,8 +185,9 @@ class ImageBuilder:
                     if _matches(rel, keep) and not _matches(rel, recipe.drop):
                         _copy(source, staging / rel)
 
-    def _stage_python(self, staging: Path, packages: list[Package], runtime: PythonRuntime,
-                      recipe: Recipe, py: str, arch: ArchProfile) -> None:
+    def _stage_python(
+        self, staging: Path, packages: list[Package], runtime: PythonRuntime, recipe: Recipe, py: str, arch: ArchProfile
+    ) -> None:
         agent_root = Path(__file__).resolve().parent.parent
         closure = stdlib_closure(runtime, agent_root, recipe.python_extra_modules)
         host_triplet = _triplet_of(runtime.stdlib_dirs)
@@ -213,7 +228,8 @@ class ImageBuilder:
 
 def arch_triplet(arch: ArchProfile) -> str:
     return {"ppc64le": "powerpc64le-linux-gnu", "loongarch64": "loongarch64-linux-gnu"}.get(
-        arch.name, arch.cross_triple)
+        arch.name, arch.cross_triple
+    )
 
 
 def _triplet_of(stdlib_dirs: list[Path]) -> str | None:

@@ -34,8 +34,12 @@ class Workspace:
     say: Say = field(default=lambda _m: None)
 
     @classmethod
-    def open(cls, matrix_path: Path | None = None, say: Say | None = None,
-             progress: Callable[[str, int, int | None], None] | None = None) -> Workspace:
+    def open(
+        cls,
+        matrix_path: Path | None = None,
+        say: Say | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
+    ) -> Workspace:
         matrix = load_matrix(matrix_path or default_matrix_path())
         cache = cache_dir()
         mirror = os.environ.get("KMATRIX_MIRROR") or matrix.mirror or host_mirror()
@@ -54,7 +58,10 @@ class Workspace:
         if arch.firmware is None:
             return None
         fw = arch.firmware
-        root = self.repo.unpack(self.repo.find(fw.suite, fw.debian_arch, fw.package))
+        pkg, notes = self.repo.find_fetchable([fw.suite, *fw.fallback_suites], fw.debian_arch, fw.package)
+        for note in notes:
+            self.say(f"{arch.name}: {note.splitlines()[0]}")
+        root = self.repo.unpack(pkg)
         path = root / fw.path
         if not path.exists():
             raise BootError(f"{fw.package} from {fw.suite} has no {fw.path}")
@@ -90,8 +97,9 @@ def new_run_dir(base: Path | None = None, prefix: str = "run") -> Path:
     return path
 
 
-def prepare(ws: Workspace, arch: ArchProfile, ref: KernelRef, *, mode: str = "agent",
-            accel: str | None = None) -> tuple[BootSpec, KernelImage, GuestImage, str]:
+def prepare(
+    ws: Workspace, arch: ArchProfile, ref: KernelRef, *, mode: str = "agent", accel: str | None = None
+) -> tuple[BootSpec, KernelImage, GuestImage, str]:
     kernel = ws.kernel(arch, ref)
     image = ws.image(arch)
     spec = BootSpec(arch, kernel.kernel, image.path, firmware=ws.firmware(arch), mode=mode)
@@ -105,8 +113,15 @@ def prepare(ws: Workspace, arch: ArchProfile, ref: KernelRef, *, mode: str = "ag
     return spec, kernel, image, reason
 
 
-def boot_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *,
-              accel: str | None = None, timeout_s: float | None = None) -> BootResult:
+def boot_cell(
+    ws: Workspace,
+    arch_name: str,
+    ref: KernelRef,
+    run_dir: Path,
+    *,
+    accel: str | None = None,
+    timeout_s: float | None = None,
+) -> BootResult:
     """Boot one (arch, kernel), ask the agent who it is, power off. Never raises KmatrixError."""
     arch = get_arch(arch_name)
     result = BootResult(arch=arch.name, kernel_source=ref.label)

@@ -7,6 +7,7 @@ Guest is closed on success, error, timeout, Ctrl-C and SIGTERM, so no QEMU outli
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import os
 import re
@@ -48,8 +49,15 @@ class BootSpec:
         words = [f"console={self.arch.console}"] if self.arch.console else []
         # panic=-1 + -no-reboot: a panic ends QEMU instead of hanging; printk.time lets the host
         # recognise kernel lines inside agent frames; loglevel=5 keeps boot chatter off the console.
-        words += ["panic=-1", "oops=panic", "printk.time=1", "loglevel=5", "rdinit=/init",
-                  f"kmatrix.mode={self.mode}", *self.extra_cmdline]
+        words += [
+            "panic=-1",
+            "oops=panic",
+            "printk.time=1",
+            "loglevel=5",
+            "rdinit=/init",
+            f"kmatrix.mode={self.mode}",
+            *self.extra_cmdline,
+        ]
         return " ".join(words)
 
 
@@ -66,8 +74,20 @@ def qemu_command(spec: BootSpec) -> list[str]:
         argv += ["-bios", str(spec.firmware)]
     elif arch.bios:
         argv += ["-bios", arch.bios]
-    argv += ["-nographic", "-monitor", "none", "-nic", "none", "-no-reboot",
-             "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline()]
+    argv += [
+        "-nographic",
+        "-monitor",
+        "none",
+        "-nic",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(spec.kernel),
+        "-initrd",
+        str(spec.initrd),
+        "-append",
+        spec.cmdline(),
+    ]
     return argv
 
 
@@ -150,11 +170,19 @@ class Guest:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         try:
-            self._child = pexpect.spawn(self.argv[0], self.argv[1:], encoding=None, echo=False,
-                                        preexec_fn=_die_with_parent, dimensions=(50, 200))
+            self._child = pexpect.spawn(
+                self.argv[0],
+                self.argv[1:],
+                encoding=None,
+                echo=False,
+                preexec_fn=_die_with_parent,
+                dimensions=(50, 200),
+            )
         except pexpect.ExceptionPexpect as error:
-            raise BootError(f"cannot start {self.argv[0]}: {error}",
-                            hint="run `kmatrix doctor` to see which QEMU packages are missing") from None
+            raise BootError(
+                f"cannot start {self.argv[0]}: {error}",
+                hint="run `kmatrix doctor` to see which QEMU packages are missing",
+            ) from None
         self._started = time.monotonic()
         _LIVE.add(self)
 
@@ -177,10 +205,8 @@ class Guest:
                     os.killpg(child.pid, signal.SIGKILL)
                 except OSError:
                     child.kill(signal.SIGKILL)
-            try:
+            with contextlib.suppress(pexpect.ExceptionPexpect):
                 child.close(force=True)
-            except pexpect.ExceptionPexpect:
-                pass
         self.log.close()
         _LIVE.discard(self)
 
@@ -194,8 +220,9 @@ class Guest:
         self._next_id += 1
         request_id = self._next_id
         self._send({"type": "request", "id": request_id, "op": op, **fields})
-        frame = self._wait_frame(lambda m: m.get("type") == "result" and m.get("id") == request_id,
-                                 timeout_s, phase=f"request {op}")
+        frame = self._wait_frame(
+            lambda m: m.get("type") == "result" and m.get("id") == request_id, timeout_s, phase=f"request {op}"
+        )
         return frame.message
 
     def exec(self, argv: list[str], timeout_s: float = 60) -> dict[str, Any]:
@@ -250,8 +277,9 @@ class Guest:
         while time.monotonic() < deadline and self._pump(0.2):
             pass
         excerpt = self.log.around(match.start())
-        raise GuestCrash(f"guest kernel crashed ({match.group(0).strip()}):\n{excerpt}",
-                         hint=f"full console log: {self.log.path}")
+        raise GuestCrash(
+            f"guest kernel crashed ({match.group(0).strip()}):\n{excerpt}", hint=f"full console log: {self.log.path}"
+        )
 
     def _wait_frame(self, wanted: Any, timeout_s: float, *, phase: str) -> protocol.Frame:
         if self._child is None:
@@ -266,13 +294,17 @@ class Guest:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 error = BootError if phase == "boot" else GuestError
-                raise error(f"timed out after {timeout_s:.0f} s in {phase}; last console lines:\n{self.log.tail(15)}",
-                            hint=f"full console log: {self.log.path}")
+                raise error(
+                    f"timed out after {timeout_s:.0f} s in {phase}; last console lines:\n{self.log.tail(15)}",
+                    hint=f"full console log: {self.log.path}",
+                )
             if not self._pump(min(remaining, 0.5)):
                 self._check_crash()
                 error = BootError if phase == "boot" else GuestError
-                raise error(f"QEMU exited during {phase}; last console lines:\n{self.log.tail(15)}",
-                            hint=f"command: {' '.join(self.argv)}")
+                raise error(
+                    f"QEMU exited during {phase}; last console lines:\n{self.log.tail(15)}",
+                    hint=f"command: {' '.join(self.argv)}",
+                )
 
 
 def running_qemu_pids(pattern: str = "qemu-system-") -> Iterator[int]:

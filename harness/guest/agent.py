@@ -97,8 +97,7 @@ def serve(channel: Channel) -> None:
             try:
                 reply = {"ok": True, **handler(message)}
             except Exception as error:  # any failure is reported, never fatal to the agent
-                reply = {"ok": False, "error": f"{type(error).__name__}: {error}",
-                         "traceback": traceback.format_exc()}
+                reply = {"ok": False, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
         channel.send({"type": "result", "id": request_id, **reply})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import termios
@@ -22,11 +23,10 @@ class Channel:
         self._sent: OrderedDict[int, str] = OrderedDict()
         self._scanner = protocol.FrameScanner()
         self._inbox: list[protocol.Frame] = []
-        try:
-            # Raw input: no echo of the host's requests, no line-length limit, no CR mangling.
+        # Raw input: no echo of the host's requests, no line-length limit, no CR mangling.
+        # Not a tty (tests over pipes): nothing to set.
+        with contextlib.suppress(termios.error):
             tty.setraw(self._in, termios.TCSANOW)
-        except termios.error:
-            pass  # not a tty (tests over pipes)
 
     def send(self, message: dict[str, Any]) -> int:
         self._seq += 1

@@ -45,5 +45,5 @@ def test_header_alignment(tmp_path: Path) -> None:
     offset = 0
     for entry in cpio.read_entries(io.BytesIO(data)):
         assert entry.data == b"d" * len(entry.path)
-    assert data[offset:offset + 6] == b"070701"
+    assert data[offset : offset + 6] == b"070701"
     assert gzip  # imported for symmetry with write_gzip_cpio

@@ -39,11 +39,14 @@ def test_kernel_line_with_leading_newline_inside_a_frame() -> None:
     assert frames(FrameScanner().feed(noisy)) == [Frame(5, {"a": 1})]
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda s: s.replace('"ok"', '"OK"'),          # payload changed: checksum fails
-    lambda s: s.replace("|", "|9", 2),            # declared length changed
-    lambda s: s[:-12] + s[-11:],                  # one byte lost
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s.replace('"ok"', '"OK"'),  # payload changed: checksum fails
+        lambda s: s.replace("|", "|9", 2),  # declared length changed
+        lambda s: s[:-12] + s[-11:],  # one byte lost
+    ],
+)
 def test_corruption_is_reported_never_parsed(mutate: object) -> None:
     line = protocol.encode(9, {"type": "result", "status": "ok"})
     bad = mutate(line)  # type: ignore[operator]

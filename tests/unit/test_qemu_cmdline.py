@@ -20,8 +20,14 @@ GOLDEN = Path(__file__).parent.parent / "golden" / "qemu"
 def spec_for(arch: str, accel: str = "tcg", mode: str = "agent") -> BootSpec:
     profile = ARCHS[arch]
     firmware = Path("/cache/firmware/QEMU_EFI.fd") if profile.firmware else None
-    return BootSpec(profile, Path(f"/cache/kernels/{arch}/vmlinuz"), Path(f"/cache/images/{arch}.cpio.gz"),
-                    accel=accel, firmware=firmware, mode=mode)
+    return BootSpec(
+        profile,
+        Path(f"/cache/kernels/{arch}/vmlinuz"),
+        Path(f"/cache/images/{arch}.cpio.gz"),
+        accel=accel,
+        firmware=firmware,
+        mode=mode,
+    )
 
 
 CASES = [(arch, "tcg", "agent") for arch in ARCH_NAMES] + [("x86_64", "kvm", "agent"), ("aarch64", "tcg", "shell")]

@@ -1,0 +1,676 @@
+"""harness.matrix: loading and validating matrix.yaml, expanding cells, applicability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.archs import ARCH_NAMES
+from harness.errors import ConfigError
+from harness.kernel import KernelFacts
+from harness.matrix import (
+    Applicability,
+    Cell,
+    KernelRef,
+    Matrix,
+    applicability,
+    load_matrix,
+    minimum_report,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+REAL = REPO / "matrix.yaml"
+
+# A small valid matrix; malformed cases below each change one fragment of it.
+BASE = """\
+schema: 1
+userland:
+  default: trixie
+architectures:
+  x86_64:
+    kernels:
+      - {suite: bullseye, expect: "5.10"}
+      - {suite: bookworm, expect: "6.1"}
+  riscv64:
+    kernels:
+      - {suite: trixie, expect: "6.12"}
+drivers:
+  kmod:
+    kind: kmod
+    min_kernel: {x86_64: "3.10", riscv64: "5.0"}
+    requires_config: [CONFIG_MODULES]
+  modern_bpf:
+    kind: modern_bpf
+    min_kernel: {x86_64: "5.8"}
+    requires_config: [CONFIG_BPF_SYSCALL, CONFIG_DEBUG_INFO_BTF]
+suites:
+  capture:
+    description: every syscall of a workload
+  ia32:
+    description: 32-bit compat syscalls
+    archs: [x86_64]
+    requires_config: [CONFIG_IA32_EMULATION]
+profiles:
+  ci:
+    archs: [x86_64]
+    kernels: newest
+    drivers: [kmod]
+    suites: [capture]
+  full:
+    kernels: all
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "matrix.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def mutate(old: str, new: str) -> str:
+    assert old in BASE, f"test fragment not in BASE: {old!r}"
+    return BASE.replace(old, new, 1)
+
+
+@pytest.fixture(scope="module")
+def real() -> Matrix:
+    return load_matrix(REAL)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    data = yaml.safe_load(REAL.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The real matrix.yaml
+
+
+def test_real_matrix_loads(real: Matrix, raw: dict[str, Any]) -> None:
+    assert list(real.architectures) == list(raw["architectures"])
+    assert set(real.architectures) == set(ARCH_NAMES)
+    assert list(real.drivers) == list(raw["drivers"])
+    assert list(real.suites) == list(raw["suites"])
+    assert set(real.profile_names) >= {"ci", "minimum", "full", "default"}
+
+
+def _expected_count(raw: dict[str, Any], profile: str) -> int:
+    spec = raw["profiles"][profile]
+    archs = spec.get("archs", list(raw["architectures"]))
+    drivers = spec.get("drivers", list(raw["drivers"]))
+    suites = spec.get("suites", list(raw["suites"]))
+
+    def kernels(arch: str) -> int:
+        if spec["kernels"] == "all":
+            return len(raw["architectures"][arch]["kernels"])
+        # newest: one per arch; minimum: one per (arch, driver), unsupported pairs keep one that skips.
+        return 1
+
+    return sum(kernels(arch) * len(drivers) * len(suites) for arch in archs)
+
+
+@pytest.mark.parametrize("profile", ["full", "ci", "minimum", "default"])
+def test_real_cell_counts(real: Matrix, raw: dict[str, Any], profile: str) -> None:
+    cells = real.cells(profile)
+    assert len(cells) == _expected_count(raw, profile)
+    assert len({cell.id for cell in cells}) == len(cells), "cell ids are unique"
+
+
+def test_real_cell_counts_by_hand(real: Matrix) -> None:
+    # 12 kernels (3+3+2+2+1+1) x 3 drivers x 3 suites; the file's comments promise these shapes.
+    assert len(real.cells("full")) == 12 * 3 * 3
+    assert len(real.cells("minimum")) == 6 * 3 * 3
+    assert len(real.cells("ci")) == 3
+    assert len(real.cells("default")) == 6
+
+
+def test_full_is_the_default_profile(real: Matrix) -> None:
+    assert real.cells() == real.cells("full")
+
+
+def test_cell_id_and_order(real: Matrix) -> None:
+    cells = real.cells("full")
+    ids = [cell.id for cell in cells]
+    assert "x86_64-bookworm-backports-kmod-capture" in ids
+    assert ids[0] == "x86_64-bullseye-kmod-capture"
+    # Cells sharing a boot (arch, kernel) are adjacent, kernels oldest first.
+    boots = [(cell.arch, cell.kernel.label) for cell in cells]
+    firsts = list(dict.fromkeys(boots))
+    assert len(firsts) == 12
+    assert firsts[:3] == [("x86_64", "bullseye"), ("x86_64", "bookworm"), ("x86_64", "bookworm-backports")]
+
+
+def test_ci_profile(real: Matrix) -> None:
+    cells = real.cells("ci")
+    assert [cell.arch for cell in cells] == ["x86_64", "aarch64", "s390x"]
+    for cell in cells:
+        assert cell.kernel == real.newest_kernel(cell.arch)
+        assert (cell.driver, cell.suite) == ("kmod", "capture")
+    assert {cell.kernel.label for cell in cells} == {"bookworm-backports"}
+
+
+def test_minimum_profile(real: Matrix) -> None:
+    cells = real.cells("minimum")
+    x86 = {cell.driver: cell for cell in cells if cell.arch == "x86_64" and cell.suite == "capture"}
+    assert set(x86) == {"kmod", "bpf", "modern_bpf"}
+    for cell in x86.values():
+        assert cell.kernel.suite == "bullseye"
+        assert cell.kernel.expect == (5, 10, 0)
+    assert x86["modern_bpf"].declared_min == (5, 8, 0)
+    assert x86["bpf"].declared_min == (4, 14, 0)
+    s390x = {cell.kernel.label for cell in cells if cell.arch == "s390x"}
+    assert s390x == {"bookworm"}
+    # bpf has no riscv64 minimum: its cells stay, on the newest kernel, and skip with the reason.
+    riscv_bpf = [cell for cell in cells if cell.arch == "riscv64" and cell.driver == "bpf"]
+    assert len(riscv_bpf) == 3
+    assert all(cell.declared_min is None for cell in riscv_bpf)
+    assert all(not applicability(real, cell, None).runnable for cell in riscv_bpf)
+
+
+def test_minimum_report(real: Matrix) -> None:
+    rows = minimum_report(real)
+    assert len(rows) == 6 * 3
+    by_key = {(row.arch, row.driver): row for row in rows}
+    row = by_key["x86_64", "modern_bpf"]
+    assert row.declared == (5, 8, 0)
+    assert row.tested is not None and row.tested.suite == "bullseye"
+    arch, driver, declared, tested = by_key["riscv64", "bpf"]
+    assert (arch, driver, declared, tested) == ("riscv64", "bpf", None, None)
+    assert by_key["s390x", "bpf"].tested == real.kernels("s390x")[0]
+
+
+def test_kernels_sorted_and_lookups(real: Matrix) -> None:
+    for arch in real.architectures:
+        versions = [ref.expect for ref in real.kernels(arch)]
+        assert versions == sorted(versions)
+        assert real.newest_kernel(arch).expect == max(versions)
+    assert [ref.label for ref in real.kernels("x86_64")] == ["bullseye", "bookworm", "bookworm-backports"]
+    ref = real.kernels("x86_64")[0]
+    assert ref == KernelRef(arch="x86_64", expect=(5, 10, 0), label="bullseye", suite="bullseye")
+    assert ref.expect_text == "5.10"
+    assert ref.source == "bullseye"
+    assert real.newest_kernel("loongarch64").suite == "sid"
+    assert real.userland_suite("loongarch64") == "sid"
+    assert real.userland_suite("x86_64") == "trixie"
+    assert real.minimum_candidates("s390x", "modern_bpf") == real.kernels("s390x")
+    with pytest.raises(ConfigError, match="'mips' is not in the matrix"):
+        real.kernels("mips")
+
+
+def test_filters_narrow(real: Matrix) -> None:
+    cells = real.cells("full", archs=["aarch64"], drivers=["kmod", "bpf"], suites="capture")
+    assert {cell.arch for cell in cells} == {"aarch64"}
+    assert {cell.driver for cell in cells} == {"kmod", "bpf"}
+    assert {cell.suite for cell in cells} == {"capture"}
+    assert len(cells) == 3 * 2 * 1
+    assert real.cells("ci", archs="s390x")[0].id == "s390x-bookworm-backports-kmod-capture"
+
+
+def test_filter_errors(real: Matrix) -> None:
+    with pytest.raises(ConfigError, match="architecture 'amd64' is not in the matrix"):
+        real.cells("full", archs=["amd64"])
+    with pytest.raises(ConfigError, match="profile 'ci' does not select architecture 'riscv64'") as info:
+        real.cells("ci", archs=["riscv64"])
+    assert info.value.hint is not None and "x86_64, aarch64, s390x" in info.value.hint
+    with pytest.raises(ConfigError, match="driver 'kmd' is not in the matrix") as info:
+        real.cells("full", drivers=["kmd"])
+    assert info.value.hint is not None and "'kmod'" in info.value.hint
+
+
+def test_unknown_profile(real: Matrix) -> None:
+    with pytest.raises(ConfigError, match="unknown profile 'nightly'") as info:
+        real.cells("nightly")
+    assert info.value.hint is not None
+    for name in ("ci", "minimum", "full", "default"):
+        assert name in info.value.hint
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed files: each is one ConfigError naming file, key path and bad value, on one line.
+
+MALFORMED = [
+    pytest.param(
+        mutate("  riscv64:\n    kernels:", "  riscv65:\n    kernels:"),
+        ["architectures.riscv65: 'riscv65' is not a known architecture"],
+        "riscv64",
+        id="unknown-arch",
+    ),
+    pytest.param(
+        mutate("  riscv64:\n    kernels:", "  amd64:\n    kernels:"),
+        ["architectures.amd64: 'amd64' is not a known architecture"],
+        "write 'x86_64'",
+        id="debian-arch-name",
+    ),
+    pytest.param(
+        mutate("{suite: bullseye,", "{suite: bulseye,"),
+        ["architectures.x86_64.kernels[0].suite: 'bulseye' is not a known Debian suite"],
+        "did you mean 'bullseye'",
+        id="misspelled-suite",
+    ),
+    pytest.param(
+        mutate('expect: "6.1"', 'expect: "6"'),
+        ["architectures.x86_64.kernels[1].expect: '6' is not a MAJOR.MINOR version"],
+        '"MAJOR.MINOR"',
+        id="expect-major-only",
+    ),
+    pytest.param(
+        mutate('expect: "6.12"', 'expect: "abc"'),
+        ["architectures.riscv64.kernels[0].expect: 'abc' is not a MAJOR.MINOR version"],
+        None,
+        id="expect-abc",
+    ),
+    pytest.param(
+        mutate('expect: "5.10"', "expect: 5.10"),
+        ["architectures.x86_64.kernels[0].expect: 5.1 is a number"],
+        "quoted",
+        id="expect-unquoted-float",
+    ),
+    pytest.param(
+        mutate("schema: 1", "schema: 2"),
+        ["schema: 2 is not a supported schema version"],
+        None,
+        id="schema-2",
+    ),
+    pytest.param(
+        mutate("schema: 1", "schema: '1'"),
+        ["schema: expected an integer, got a string '1'"],
+        None,
+        id="schema-string",
+    ),
+    pytest.param(
+        BASE + "extras: true\n",
+        ["extras: unknown key 'extras'"],
+        "allowed keys: schema, mirror, userland",
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        mutate('{suite: bookworm, expect: "6.1"}', '{suite: bookworm, expect: "6.1", flavour: rt}'),
+        ["architectures.x86_64.kernels[1].flavour: unknown key 'flavour'"],
+        "suite, path, name, expect",
+        id="unknown-kernel-key",
+    ),
+    pytest.param(
+        mutate('    kernels:\n      - {suite: trixie, expect: "6.12"}', "    kernels: []"),
+        ["architectures.riscv64.kernels: [] is empty"],
+        None,
+        id="empty-kernels",
+    ),
+    pytest.param(
+        mutate(
+            '      - {suite: bookworm, expect: "6.1"}',
+            '      - {suite: bookworm, expect: "6.1"}\n      - {suite: bullseye, expect: "5.10"}',
+        ),
+        ["architectures.x86_64.kernels[2].suite: 'bullseye' is listed twice for x86_64 (also kernels[0])"],
+        None,
+        id="duplicate-suite-in-arch",
+    ),
+    pytest.param(
+        mutate("kind: kmod", "kind: ebpf"),
+        ["drivers.kmod.kind: 'ebpf' is not a driver kind"],
+        "kmod, bpf, modern_bpf",
+        id="driver-unknown-kind",
+    ),
+    pytest.param(
+        mutate('riscv64: "5.0"}', 'mips: "5.0"}'),
+        ["drivers.kmod.min_kernel.mips: 'mips' is not a known architecture"],
+        None,
+        id="min-kernel-unknown-arch",
+    ),
+    pytest.param(
+        mutate('{x86_64: "3.10"', '{x86_64: "3.x"'),
+        ["drivers.kmod.min_kernel.x86_64: '3.x' is not a MAJOR.MINOR version"],
+        None,
+        id="min-kernel-bad-version",
+    ),
+    pytest.param(
+        mutate('{x86_64: "5.8"}', "{x86_64: 5}"),
+        ["drivers.modern_bpf.min_kernel.x86_64: 5 is not a MAJOR.MINOR version string"],
+        None,
+        id="min-kernel-int",
+    ),
+    pytest.param(
+        mutate("requires_config: [CONFIG_MODULES]", "requires_config: [MODULES]"),
+        ["drivers.kmod.requires_config[0]: 'MODULES' is not a kernel config option"],
+        "did you mean 'CONFIG_MODULES'",
+        id="requires-config-no-prefix",
+    ),
+    pytest.param(
+        mutate("[CONFIG_BPF_SYSCALL, CONFIG_DEBUG_INFO_BTF]", "[CONFIG_BPF_SYSCALL, config_btf]"),
+        ["drivers.modern_bpf.requires_config[1]: 'config_btf' is not a kernel config option"],
+        "did you mean 'CONFIG_BTF'?",
+        id="requires-config-lower-case",
+    ),
+    pytest.param(
+        mutate("    drivers: [kmod]", "    drivers: [kmdo]"),
+        ["profiles.ci.drivers[0]: 'kmdo' is not a driver in `drivers`"],
+        "did you mean 'kmod'",
+        id="profile-unknown-driver",
+    ),
+    pytest.param(
+        mutate("    suites: [capture]", "    suites: [capture, throughput]"),
+        ["profiles.ci.suites[1]: 'throughput' is not a suite in `suites`"],
+        "capture, ia32",
+        id="profile-unknown-suite",
+    ),
+    pytest.param(
+        mutate("    archs: [x86_64]\n    kernels: newest", "    archs: [x86_64, s390x]\n    kernels: newest"),
+        ["profiles.ci.archs[1]: 's390x' is not an architecture in `architectures`"],
+        None,
+        id="profile-arch-not-in-matrix",
+    ),
+    pytest.param(
+        mutate("    archs: [x86_64]\n    kernels: newest", "    archs: [x86]\n    kernels: newest"),
+        ["profiles.ci.archs[0]: 'x86' is not a known architecture"],
+        None,
+        id="profile-unknown-arch",
+    ),
+    pytest.param(
+        mutate("    archs: [x86_64]\n    kernels: newest", "    archs: [x86_64, x86_64]\n    kernels: newest"),
+        ["profiles.ci.archs: 'x86_64' is listed twice"],
+        None,
+        id="profile-duplicate-arch",
+    ),
+    pytest.param(
+        mutate("requires_config: [CONFIG_MODULES]", "requires_config: [CONFIG_MODULES, CONFIG_MODULES]"),
+        ["drivers.kmod.requires_config: 'CONFIG_MODULES' is listed twice"],
+        None,
+        id="requires-config-duplicate",
+    ),
+    pytest.param(
+        mutate("    suites: [capture]", "    suites: []"),
+        ["profiles.ci.suites: [] is empty"],
+        None,
+        id="profile-empty-suites",
+    ),
+    pytest.param(
+        mutate("kernels: newest", "kernels: latest"),
+        ["profiles.ci.kernels: 'latest' is not a kernel selection"],
+        "newest, all, minimum",
+        id="profile-kernels-latest",
+    ),
+    pytest.param(
+        mutate("  full:\n    kernels: all", "  full:\n    archs: [x86_64]"),
+        ["profiles.full: missing required key 'kernels'"],
+        None,
+        id="profile-missing-kernels",
+    ),
+    pytest.param(
+        "- schema: 1\n- userland: {}\n",
+        ["the top level must be a mapping, got a list"],
+        None,
+        id="top-level-list",
+    ),
+    pytest.param(
+        "just a string\n",
+        ["the top level must be a mapping, got a string 'just a string'"],
+        None,
+        id="top-level-string",
+    ),
+    pytest.param("# nothing here\n", ["the file is empty"], None, id="empty-file"),
+    pytest.param(
+        mutate("schema: 1\n", "schema: 1\nmirror: deb.example.org/debian\n"),
+        ["mirror: 'deb.example.org/debian' is not an http://, https:// or file:// URI"],
+        None,
+        id="mirror-not-uri",
+    ),
+    pytest.param(
+        mutate("schema: 1\n", "schema: 1\nmirror: ftp://deb.example.org/debian\n"),
+        ["mirror: 'ftp://deb.example.org/debian' is not an http://"],
+        None,
+        id="mirror-ftp",
+    ),
+    pytest.param(
+        mutate("  default: trixie", "  default: trixy"),
+        ["userland.default: 'trixy' is not a known Debian suite"],
+        "did you mean 'trixie'",
+        id="userland-unknown-suite",
+    ),
+    pytest.param(
+        mutate("  default: trixie", "  x86_64: trixie"),
+        ["userland: missing required key 'default'"],
+        None,
+        id="userland-no-default",
+    ),
+    pytest.param(
+        mutate("  default: trixie", "  default: trixie\n  arm: sid"),
+        ["userland.arm: 'arm' is not a known architecture"],
+        None,
+        id="userland-unknown-arch",
+    ),
+    pytest.param(
+        mutate("    kind: kmod\n", ""),
+        ["drivers.kmod: missing required key 'kind'"],
+        "kind, min_kernel, requires_config",
+        id="driver-missing-kind",
+    ),
+    pytest.param(
+        mutate(
+            "  ia32:\n    description: 32-bit compat syscalls\n    archs: [x86_64]",
+            "  ia32:\n    archs: [x86_64]",
+        ),
+        ["suites.ia32: missing required key 'description'"],
+        None,
+        id="suite-missing-description",
+    ),
+    pytest.param(
+        mutate("    archs: [x86_64]\n    requires_config", "    archs: [x86-64]\n    requires_config"),
+        ["suites.ia32.archs[0]: 'x86-64' is not a known architecture"],
+        "did you mean 'x86_64'",
+        id="suite-unknown-arch",
+    ),
+    pytest.param(
+        mutate("  ia32:\n", "  ia-32:\n"),
+        ["suites.ia-32: 'ia-32' is not a valid name"],
+        None,
+        id="suite-bad-name",
+    ),
+    pytest.param(
+        mutate("{suite: bullseye,", "{suite: bullseye, path: /srv/linux,"),
+        ["architectures.x86_64.kernels[0]: a kernel needs exactly one of 'suite' or 'path' (got both)"],
+        None,
+        id="kernel-suite-and-path",
+    ),
+    pytest.param(
+        mutate("{suite: bullseye,", "{name: mine,"),
+        ["architectures.x86_64.kernels[0]: a kernel needs exactly one of 'suite' or 'path' (got neither)"],
+        None,
+        id="kernel-neither",
+    ),
+    pytest.param(
+        mutate('    kernels:\n      - {suite: trixie, expect: "6.12"}', '    kernels:\n      trixie: "6.12"'),
+        ["architectures.riscv64.kernels: expected a list, got a mapping"],
+        None,
+        id="kernels-not-a-list",
+    ),
+    pytest.param(
+        mutate("    description: every syscall of a workload", "    description:"),
+        ["suites.capture.description: expected a string, got nothing (null)"],
+        None,
+        id="description-null",
+    ),
+    pytest.param(
+        mutate("schema: 1\n", "schema: 1\nschema: 1\n"),
+        ["line 2, column 1: invalid YAML: duplicate key 'schema' (first on line 1)"],
+        None,
+        id="duplicate-yaml-key",
+    ),
+    pytest.param(
+        mutate("  default: trixie", "  default: [trixie"),
+        ["line 4, column 14: invalid YAML: expected ',' or ']'", "flow sequence started on line 3"],
+        None,
+        id="yaml-syntax-error",
+    ),
+    pytest.param(
+        mutate("    kind: kmod\n", "    kind: kmod\n   bad_indent: 1\n"),
+        ["line 15, column 4: invalid YAML"],
+        None,
+        id="yaml-bad-indent",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments", "hint"), MALFORMED)
+def test_malformed(tmp_path: Path, text: str, fragments: list[str], hint: str | None) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_matrix(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert "\n" not in message
+    if hint is not None:
+        assert info.value.hint is not None and hint in info.value.hint, info.value.hint
+
+
+def test_base_is_valid(tmp_path: Path) -> None:
+    matrix = load_matrix(write(tmp_path, BASE))
+    assert len(matrix.cells("full")) == 3 * 2 * 2  # 3 kernels x 2 drivers x 2 suites
+    assert [cell.id for cell in matrix.cells("ci")] == ["x86_64-bookworm-kmod-capture"]
+
+
+def test_several_problems_reported_as_one(tmp_path: Path) -> None:
+    text = mutate("kind: kmod", "kind: ebpf").replace("kernels: newest", "kernels: latest")
+    with pytest.raises(ConfigError) as info:
+        load_matrix(write(tmp_path, text))
+    assert "drivers.kmod.kind: 'ebpf'" in str(info.value)
+    assert str(info.value).endswith("(and 1 more problem)")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "matrix.yaml"
+    with pytest.raises(ConfigError, match="no such file") as info:
+        load_matrix(path)
+    assert str(path) in str(info.value)
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_matrix(tmp_path)
+
+
+def test_path_kernel(tmp_path: Path) -> None:
+    text = mutate(
+        '      - {suite: bookworm, expect: "6.1"}',
+        '      - {suite: bookworm, expect: "6.1"}\n      - {path: kernels/mine, expect: "6.6"}\n'
+        '      - {path: /srv/linux-rc, expect: "6.15", name: rc}',
+    )
+    matrix = load_matrix(write(tmp_path, text))
+    refs = matrix.kernels("x86_64")
+    assert [ref.label for ref in refs] == ["bullseye", "bookworm", "mine", "rc"]
+    assert refs[2].path == tmp_path / "kernels" / "mine"
+    assert refs[2].suite is None
+    assert refs[3].path == Path("/srv/linux-rc")
+    assert matrix.newest_kernel("x86_64").label == "rc"
+    assert "x86_64-rc-kmod-capture" in [cell.id for cell in matrix.cells("full")]
+
+
+def test_path_kernel_name_only_for_paths(tmp_path: Path) -> None:
+    text = mutate("{suite: bullseye,", "{suite: bullseye, name: old,")
+    with pytest.raises(ConfigError, match=r"kernels\[0\]: 'name' 'old' is only for kernels given by 'path'"):
+        load_matrix(write(tmp_path, text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Applicability
+
+
+def facts(release: str, config: dict[str, str], package_version: str = "") -> KernelFacts:
+    return KernelFacts(release=release, package_version=package_version, config=config)
+
+
+def cell_of(matrix: Matrix, arch: str, label: str, driver: str, suite: str) -> Cell:
+    for cell in matrix.cells("full"):
+        if (cell.arch, cell.kernel.label, cell.driver, cell.suite) == (arch, label, driver, suite):
+            return cell
+    raise AssertionError(f"no cell {arch} {label} {driver} {suite}")
+
+
+def test_unsupported_driver_arch(real: Matrix) -> None:
+    cell = cell_of(real, "riscv64", "trixie", "bpf", "capture")
+    assert applicability(real, cell, None) == Applicability(
+        False, "driver bpf does not support riscv64 (no minimum in matrix.yaml drivers.bpf.min_kernel)"
+    )
+
+
+def test_suite_restricted_to_arch(real: Matrix) -> None:
+    cell = cell_of(real, "aarch64", "bookworm", "kmod", "ia32")
+    assert applicability(real, cell, None) == Applicability(False, "suite ia32 runs only on x86_64")
+
+
+def test_missing_btf(real: Matrix) -> None:
+    cell = cell_of(real, "x86_64", "bookworm", "modern_bpf", "capture")
+    kernel = facts("6.1.0-18-amd64", {"CONFIG_BPF_SYSCALL": "y", "CONFIG_DEBUG_INFO_BTF": "n"})
+    assert applicability(real, cell, kernel) == Applicability(
+        False, "kernel 6.1.0 lacks CONFIG_DEBUG_INFO_BTF (required by modern_bpf)"
+    )
+
+
+def test_missing_options_of_driver_and_suite(real: Matrix) -> None:
+    cell = cell_of(real, "x86_64", "bookworm", "modern_bpf", "ia32")
+    kernel = facts("6.1.0-18-amd64", {}, package_version="6.1.76-1")
+    assert applicability(real, cell, kernel).reason == (
+        "kernel 6.1.76 lacks CONFIG_BPF_SYSCALL, CONFIG_DEBUG_INFO_BTF (required by modern_bpf)"
+        " and CONFIG_IA32_EMULATION (required by suite ia32)"
+    )
+
+
+def test_all_config_present(real: Matrix) -> None:
+    cell = cell_of(real, "x86_64", "bookworm-backports", "modern_bpf", "ia32")
+    options = ("CONFIG_BPF_SYSCALL", "CONFIG_DEBUG_INFO_BTF", "CONFIG_IA32_EMULATION")
+    kernel = facts("6.12.95+deb12-amd64", dict.fromkeys(options, "y"))
+    assert applicability(real, cell, kernel) == Applicability(True, None)
+    kmod = cell_of(real, "x86_64", "bookworm-backports", "kmod", "capture")
+    module_config = {"CONFIG_MODULES": "y", "CONFIG_TRACEPOINTS": "y"}
+    assert applicability(real, kmod, facts("6.12.95", module_config)).runnable
+
+
+def test_pending_without_facts(real: Matrix) -> None:
+    cell = cell_of(real, "x86_64", "bookworm", "modern_bpf", "capture")
+    assert applicability(real, cell, None) == Applicability(
+        True, "kernel config not yet known (not fetched)", pending=True
+    )
+
+
+def test_no_requirements_no_reason(tmp_path: Path) -> None:
+    text = mutate("    requires_config: [CONFIG_MODULES]\n", "")
+    matrix = load_matrix(write(tmp_path, text))
+    cell = matrix.cells("ci")[0]
+    assert applicability(matrix, cell, None) == Applicability(True, None)
+
+
+def test_kernel_below_minimum(tmp_path: Path) -> None:
+    text = mutate('{suite: bullseye, expect: "5.10"}', '{suite: bullseye, expect: "4.9"}')
+    matrix = load_matrix(write(tmp_path, text))
+    cell = cell_of(matrix, "x86_64", "bullseye", "modern_bpf", "capture")
+    assert cell.declared_min == (5, 8, 0)
+    assert applicability(matrix, cell, None) == Applicability(
+        False, "kernel 4.9.0 is below modern_bpf's minimum 5.8 for x86_64"
+    )
+    # The minimum profile skips past it to the oldest kernel that qualifies...
+    minimum = load_matrix(write(tmp_path, text + "  minimum:\n    kernels: minimum\n", "min.yaml"))
+    picked = {cell.driver: cell.kernel.label for cell in minimum.cells("minimum", archs=["x86_64"])}
+    assert picked == {"kmod": "bullseye", "modern_bpf": "bookworm"}
+    # ...and facts, once known, override the declared version.
+    newer = cell_of(matrix, "x86_64", "bookworm", "modern_bpf", "capture")
+    old = facts("5.4.0-1-amd64", {"CONFIG_BPF_SYSCALL": "y", "CONFIG_DEBUG_INFO_BTF": "y"})
+    reason = applicability(matrix, newer, old).reason
+    assert reason == "kernel 5.4.0 is below modern_bpf's minimum 5.8 for x86_64"
+
+
+def test_minimum_when_no_kernel_qualifies(tmp_path: Path) -> None:
+    text = mutate('min_kernel: {x86_64: "5.8"}', 'min_kernel: {x86_64: "7.0"}')
+    text += "  minimum:\n    kernels: minimum\n"
+    matrix = load_matrix(write(tmp_path, text))
+    cells = matrix.cells("minimum", archs="x86_64", drivers="modern_bpf")
+    assert {cell.kernel.label for cell in cells} == {"bookworm"}  # the newest, so the skip shows why
+    reason = applicability(matrix, cells[0], None).reason
+    assert reason == "kernel 6.1.0 is below modern_bpf's minimum 7.0 for x86_64"
+    report = {(row.arch, row.driver): row for row in minimum_report(matrix)}
+    assert report["x86_64", "modern_bpf"].tested is None
+    assert report["x86_64", "modern_bpf"].declared == (7, 0, 0)
