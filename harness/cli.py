@@ -24,8 +24,9 @@ from harness.archs import ARCH_NAMES, get_arch
 from harness.errors import ConfigError, KmatrixError
 from harness.vm import kill_all_guests
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Not a terminal (CI logs, pipes): wide enough that matrix tables do not wrap every cell.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 class UsageError(ConfigError):
@@ -264,6 +265,59 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0 if all(r.ready for r in results) else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.cells import CellResult, run_capture_cell
+    from harness.runner import new_run_dir
+
+    ws = _workspace(args)
+    profile = args.profile or ("full" if args.arch else "default")
+    archs = _arch_list(args.arch) if args.arch else None
+    drivers = None if args.driver in (None, "all") else [d.strip() for d in args.driver.split(",")]
+    suites = None if args.suite in (None, "all") else [s.strip() for s in args.suite.split(",")]
+    cells = ws.matrix.cells(profile, archs=archs, drivers=drivers, suites=suites)
+    if args.kernel:
+        cells = [c for c in cells if args.kernel in (c.kernel.label, c.kernel.suite)]
+        if not cells:
+            raise UsageError(f"--kernel {args.kernel!r} matches no cell of profile {profile}")
+    run_dir = args.output or new_run_dir(None, "run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: list[CellResult] = []
+    for cell in cells:
+        ws.say(f"[bold]{cell.id}[/]: running")
+        if ws.matrix.drivers[cell.driver].kind == "kmod" and cell.suite == "capture":
+            result = run_capture_cell(ws, cell, run_dir, fault=args.fault)
+        else:
+            result = CellResult(cell.id, cell.arch, cell.kernel.label, cell.driver, cell.suite, status="skip",
+                                reason=f"this kmatrix version has no runner for driver {cell.driver} "
+                                f"with suite {cell.suite} yet")
+        results.append(result)
+        ws.say(f"{cell.id}: {result.status}" + (f" ({escape(result.reason or '')})" if result.reason else ""))
+        (run_dir / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2))
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        _print_results(results, run_dir)
+    return 0 if all(r.status in ("pass", "skip") for r in results) else 1
+
+
+def _print_results(results: list[Any], run_dir: Path) -> None:
+    table = Table(title=f"kmatrix run ({run_dir})")
+    for column in ("arch", "kernel", "release", "driver", "suite", "status", "verified", "driver/tracefs",
+                   "build s", "boot s", "run s", "reason"):
+        table.add_column(column)
+    colors = {"pass": "green", "fail": "red", "error": "magenta", "skip": "yellow"}
+    for r in results:
+        oracle = r.metrics.get("oracle") or {}
+        table.add_row(
+            r.arch, r.kernel, r.kernel_release or "?", r.driver, r.suite, f"[{colors[r.status]}]{r.status}[/]",
+            f"{r.metrics.get('verified_calls', '')}/{r.metrics.get('expected_calls', '')}" if r.metrics else "",
+            f"{oracle.get('driver_count', '')}/{oracle.get('tracefs_count', '')}" if oracle else "",
+            str(r.timings.get("build_s", "")), str(r.timings.get("boot_s", "")), str(r.timings.get("run_s", "")),
+            escape((r.reason or "")[:200]),
+        )
+    out.print(table)
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     ws = _workspace(args)
     rows = []
@@ -316,6 +370,16 @@ def build_parser() -> Parser:
     p.add_argument("--accel", choices=["kvm", "tcg"], default=None, help="skip the KVM probe")
     p.add_argument("-o", "--output", type=Path, default=None, help="run directory (default: runs/boot-*)")
     p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("run", parents=[common], help="run cells: build the driver, boot, run the suite, verify")
+    p.add_argument("--driver", default=None, help="a driver from matrix.yaml, a comma list, or all")
+    p.add_argument("--suite", default=None, help="a suite from matrix.yaml, a comma list, or all")
+    p.add_argument("--arch", default=None, help="an architecture, a comma list, or all (alone: every kernel)")
+    p.add_argument("--kernel", default=None, help="only this kernel (suite name or label)")
+    p.add_argument("--profile", default=None, help="matrix profile (default: default; full with --arch)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="run directory (default: runs/run-*)")
+    p.add_argument("--fault", default=None, help=argparse.SUPPRESS)  # test-only driver fault injection
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("image", parents=[common], help="build (or find cached) guest images")
     p.add_argument("--arch", default="all")

@@ -32,7 +32,13 @@ from harness.pyruntime import PythonRuntime, host_debian_arch, python_runtime, s
 # Bump when the layout produced here changes, so cached images are rebuilt.
 BUILDER_VERSION = 3
 # Files of the harness copied into the guest: the agent and the protocol it shares with the host.
-AGENT_FILES = ("harness/__init__.py", "harness/protocol.py", "harness/guest/*.py")
+AGENT_FILES = (
+    "harness/__init__.py",
+    "harness/protocol.py",
+    "harness/guest/*.py",
+    "drivers/common/kmx_events.h",  # the event schema, parsed by harness/guest/schema.py
+    "drivers/common/syscalls/*.json",  # per-arch syscall tables for the workload
+)
 _MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64")
 
 

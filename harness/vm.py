@@ -44,6 +44,9 @@ class BootSpec:
     firmware: Path | None = None  # -bios file for arches whose firmware comes from Debian
     mode: str = "agent"  # "agent" or "shell"
     extra_cmdline: tuple[str, ...] = ()
+    # Extra gzip'd cpio archives appended to the initrd: the kernel unpacks concatenated archives
+    # in order, so per-cell artifacts (a built driver, helpers) ride on the cached base image.
+    overlays: tuple[Path, ...] = ()
 
     def cmdline(self) -> str:
         words = [f"console={self.arch.console}"] if self.arch.console else []
@@ -61,7 +64,18 @@ class BootSpec:
         return " ".join(words)
 
 
-def qemu_command(spec: BootSpec) -> list[str]:
+def combine_initrd(spec: BootSpec, dest: Path) -> Path:
+    """The initrd QEMU gets: the base image, or the base image followed by the overlays."""
+    if not spec.overlays:
+        return spec.initrd
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        for part in (spec.initrd, *spec.overlays):
+            out.write(part.read_bytes())
+    return dest
+
+
+def qemu_command(spec: BootSpec, initrd: Path | None = None) -> list[str]:
     arch = spec.arch
     machine = ",".join([arch.machine, *arch.machine_args])
     argv = [arch.qemu_binary, "-machine", machine, "-accel", spec.accel]
@@ -84,7 +98,7 @@ def qemu_command(spec: BootSpec) -> list[str]:
         "-kernel",
         str(spec.kernel),
         "-initrd",
-        str(spec.initrd),
+        str(initrd or spec.initrd),
         "-append",
         spec.cmdline(),
     ]
@@ -169,6 +183,8 @@ class Guest:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        initrd = combine_initrd(self.spec, self.log.path.parent / "initrd.cpio.gz")
+        self.argv = qemu_command(self.spec, initrd)
         try:
             self._child = pexpect.spawn(
                 self.argv[0],

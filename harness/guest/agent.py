@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -72,7 +73,7 @@ def op_read_file(request: dict[str, Any]) -> dict[str, Any]:
     return {"text": read_text(str(request["path"]))}
 
 
-HANDLERS: dict[str, Handler] = {"info": op_info, "exec": op_exec, "read_file": op_read_file}
+HANDLERS: dict[str, Handler] = {"info": op_info, "exec": op_exec, "read_file": op_read_file, "capture": op_capture}
 
 
 def serve(channel: Channel) -> None:

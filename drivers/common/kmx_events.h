@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * kmatrix event schema: the one definition shared by the kernel module, the legacy and modern
+ * BPF probes, and the harness's decoder (harness/guest/schema.py reads the KMX_ defines and the
+ * KMX_DECODED table below from this file; keep each define on one line).
+ *
+ * Every event is, in the target's native byte order:
+ *
+ *   struct kmx_event_hdr    32 bytes, packed
+ *   __u16 param_len[nparams]
+ *   params, back to back:  each is  __u8 type (KMX_PT_*), __u8 flags (KMX_PF_*), payload
+ *                          (param_len counts the two leading bytes too)
+ *   padding to a multiple of 8 (hdr.len includes it)
+ *
+ * Params of a KMX_EVT_SYS_ENTER event:  nr (U64), id (U64), a0..a5 (U64 raw arguments), then the
+ *   decoded enter params that KMX_DECODED lists for the syscall.
+ * Params of a KMX_EVT_SYS_EXIT event:   nr (U64), id (U64), ret (S64), then the decoded exit params.
+ * `nr` is the native syscall number as the sys_enter tracepoint saw it; `id` is the KMX_SC_* id
+ * (0 for syscalls the drivers do not decode).
+ */
+#ifndef KMX_EVENTS_H
+#define KMX_EVENTS_H
+
+#ifdef __KERNEL__
+#include <linux/types.h>
+#else
+#include <linux/types.h>
+#endif
+
+#define KMX_SCHEMA_VERSION 1
+
+struct kmx_event_hdr {
+	__u64 ts_ns;    /* CLOCK_MONOTONIC nanoseconds (ktime_get_ns, bpf_ktime_get_ns) */
+	__u64 tid;      /* thread id (kernel pid) */
+	__u64 pid;      /* thread group id (user-visible pid) */
+	__u32 len;      /* whole event: header, lengths, params, padding */
+	__u16 type;     /* KMX_EVT_* */
+	__u16 nparams;
+} __attribute__((packed));
+
+#define KMX_HDR_SIZE 32
+/* struct module format of the header for decoders (native byte order): */
+#define KMX_HDR_FORMAT "QQQIHH"
+#define KMX_ALIGN 8
+
+/* Event types */
+#define KMX_EVT_PAD 0          /* rest of the buffer up to its end is unused; continue at offset 0 */
+#define KMX_EVT_SYS_ENTER 1
+#define KMX_EVT_SYS_EXIT 2
+
+/* Param types */
+#define KMX_PT_U64 1
+#define KMX_PT_S64 2
+#define KMX_PT_STR 3           /* string copied from user memory, without its NUL */
+#define KMX_PT_BYTES 4         /* buffer copied from user memory */
+#define KMX_PT_SOCKADDR 5      /* struct sockaddr as in user memory (family first, native order) */
+#define KMX_PT_STRV 6          /* NULL-terminated string array (argv): strings joined by NUL */
+#define KMX_PT_FD2 7           /* two __s32 file descriptors (pipe2) */
+
+/* Param flags */
+#define KMX_PF_FAULT 1         /* copy from user memory failed: payload empty */
+#define KMX_PF_TRUNC 2         /* cut at the snapshot length */
+
+/* Fixed params before the decoded ones */
+#define KMX_ENTER_FIXED 8      /* nr, id, a0..a5 */
+#define KMX_EXIT_FIXED 3       /* nr, id, ret */
+
+/* Snapshot length bounds (bytes copied per buffer or string) */
+#define KMX_SNAPLEN_DEFAULT 256
+#define KMX_SNAPLEN_MAX 4096
+#define KMX_STRV_MAX_ARGS 16
+
+/*
+ * Syscalls the drivers decode: KMX_DECODED(X) calls X(id, name, "enter params", "exit params");
+ * each param is name:TYPE:source, source being argN (the Nth argument), argN/lenM (buffer at
+ * argN of length argM), argN/ret (buffer at argN of length ret), or argN/*lenM (length read from
+ * the int at argM). Names are the generic (asm-generic) names; arch tables map them to numbers.
+ */
+#define KMX_DECODED(X) \
+	X(1, openat, "path:STR:arg1", "") \
+	X(2, read, "", "data:BYTES:arg1/ret") \
+	X(3, write, "data:BYTES:arg1/len2", "") \
+	X(4, pread64, "", "data:BYTES:arg1/ret") \
+	X(5, pwrite64, "data:BYTES:arg1/len2", "") \
+	X(6, lseek, "", "") \
+	X(7, close, "", "") \
+	X(8, dup, "", "") \
+	X(9, dup3, "", "") \
+	X(10, pipe2, "", "fds:FD2:arg0") \
+	X(11, fstat, "", "") \
+	X(12, newfstatat, "path:STR:arg1", "") \
+	X(13, mkdirat, "path:STR:arg1", "") \
+	X(14, unlinkat, "path:STR:arg1", "") \
+	X(15, renameat2, "oldpath:STR:arg1 newpath:STR:arg3", "") \
+	X(16, renameat, "oldpath:STR:arg1 newpath:STR:arg3", "") \
+	X(17, getpid, "", "") \
+	X(18, getppid, "", "") \
+	X(19, gettid, "", "") \
+	X(20, clone, "", "") \
+	X(21, wait4, "", "") \
+	X(22, execve, "filename:STR:arg0 argv:STRV:arg1", "") \
+	X(23, socket, "", "") \
+	X(24, bind, "addr:SOCKADDR:arg1/len2", "") \
+	X(25, listen, "", "") \
+	X(26, connect, "addr:SOCKADDR:arg1/len2", "") \
+	X(27, accept4, "", "addr:SOCKADDR:arg1/*len2") \
+	X(28, sendto, "data:BYTES:arg1/len2 addr:SOCKADDR:arg4/len5", "") \
+	X(29, recvfrom, "", "data:BYTES:arg1/ret") \
+	X(30, mmap, "", "") \
+	X(31, munmap, "", "") \
+	X(32, nanosleep, "req:BYTES:arg0/16", "") \
+	X(33, kill, "", "") \
+	X(34, fork, "", "") \
+	X(35, vfork, "", "") \
+	X(36, clone3, "", "") \
+	X(37, open, "path:STR:arg0", "") \
+	X(38, dup2, "", "") \
+	X(39, pipe, "", "fds:FD2:arg0") \
+	X(40, mkdir, "path:STR:arg0", "") \
+	X(41, unlink, "path:STR:arg0", "") \
+	X(42, rename, "oldpath:STR:arg0 newpath:STR:arg1", "") \
+	X(43, accept, "", "addr:SOCKADDR:arg1/*len2") \
+	X(44, stat, "path:STR:arg0", "") \
+	X(45, clock_nanosleep, "req:BYTES:arg2/16", "")
+
+#define KMX_SC_MAX 46
+
+/* Character device and its ioctls (see kmod); magic 'k' */
+#define KMX_DEVICE_NAME "kmx"
+#define KMX_IOCTL_MAGIC 107
+#define KMX_IOCTL_START 1      /* _IO */
+#define KMX_IOCTL_STOP 2       /* _IO */
+#define KMX_IOCTL_SET_SNAPLEN 3 /* _IOW  __u32 */
+#define KMX_IOCTL_GET_INFO 4   /* _IOR  struct kmx_info */
+#define KMX_IOCTL_GET_STATS 5  /* _IOWR struct kmx_cpu_stats (cpu filled in by the caller) */
+#define KMX_IOCTL_SET_FILTER_TGID 6 /* _IOW __u64: 0 captures every process */
+
+struct kmx_info {
+	__u32 schema_version;
+	__u32 ncpus;           /* number of possible CPUs = number of buffers */
+	__u64 buffer_bytes;    /* data area per CPU */
+	__u64 map_stride;      /* mmap offset of CPU n's buffer is n * map_stride */
+	__u32 snaplen;
+	__u32 capturing;
+};
+
+struct kmx_cpu_stats {
+	__u32 cpu;
+	__u32 online;
+	__u64 events;          /* events written */
+	__u64 drops;           /* events dropped: buffer full */
+	__u64 bytes;           /* bytes written */
+};
+
+/* First page of each CPU's mapping; the data area follows at offset KMX_CTRL_SIZE. */
+struct kmx_ring_ctrl {
+	__u64 head;            /* written by the producer: next write offset in the data area */
+	__u64 tail;            /* written by the consumer: next read offset */
+	__u64 size;            /* data area bytes */
+	__u64 events;
+	__u64 drops;
+	__u64 bytes;
+};
+
+#define KMX_CTRL_SIZE 4096
+
+#endif /* KMX_EVENTS_H */

@@ -1,0 +1,131 @@
+"""Run matrix cells: applicability, build, boot, suite in the guest, one CellResult each.
+
+A cell is `pass` only when the guest's complete, checksummed result arrived and every expectation
+in it held; infrastructure problems are `error`, a driver or suite failing is `fail`, and every skip
+carries its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import cpio
+from harness.archs import get_arch
+from harness.errors import BuildError, GuestError, KmatrixError
+from harness.matrix import Cell, applicability
+from harness.runner import Workspace, prepare
+from harness.vm import Guest, GuestCrash
+
+GUEST_MODULE_PATH = "opt/kmatrix/drivers/kmx.ko"
+
+
+@dataclass
+class CellResult:
+    cell: str
+    arch: str
+    kernel: str
+    driver: str
+    suite: str
+    status: str = "error"  # pass, fail, skip, error
+    reason: str | None = None
+    kernel_release: str | None = None
+    declared_min: str | None = None
+    accel: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    console_log: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def module_overlay(ko: Path, dest: Path) -> Path:
+    """A cpio overlay carrying the built module to GUEST_MODULE_PATH."""
+    entries = []
+    parts = GUEST_MODULE_PATH.split("/")
+    for depth in range(1, len(parts)):
+        entries.append(cpio.Entry("/".join(parts[:depth]), stat.S_IFDIR | 0o755))
+    entries.append(cpio.Entry(GUEST_MODULE_PATH, stat.S_IFREG | 0o644, ko.read_bytes()))
+    cpio.write_gzip_cpio(entries, dest)
+    return dest
+
+
+def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
+                     buffer_bytes: int = 8 << 20, timeout_s: float = 300) -> CellResult:
+    """The capture suite on one (arch, kernel) with the kernel module."""
+    arch = get_arch(cell.arch)
+    cell_dir = run_dir / cell.id
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    result = CellResult(cell.id, cell.arch, cell.kernel.label, cell.driver, cell.suite,
+                        declared_min=None if cell.declared_min is None else ".".join(map(str, cell.declared_min[:2])),
+                        console_log=str(cell_dir / "console.log"))
+    try:
+        kernel = ws.kernel(arch, cell.kernel)
+        result.kernel_release = kernel.release
+        verdict = applicability(ws.matrix, cell, kernel.facts)
+        if not verdict.runnable:
+            result.status, result.reason = "skip", verdict.reason
+            return result
+        from harness.build.kmod import build_kmod
+
+        started = time.monotonic()
+        assert cell.kernel.suite is not None, "user kernels need their headers: not supported for kmod yet"
+        build = build_kmod(ws.repo, arch, cell.kernel.suite, ws.cache, fault=fault, log=ws.say)
+        result.timings["build_s"] = round(time.monotonic() - started, 2)
+        result.metrics["build_cached"] = build.cached
+        result.metrics["compiler"] = build.compiler
+        spec, _kernel, _image, _reason = prepare(ws, arch, cell.kernel)
+        spec = dataclasses.replace(spec, overlays=(module_overlay(build.ko, cell_dir / "kmod.cpio.gz"),))
+        result.accel = spec.accel
+        with Guest(spec, cell_dir / "console.log") as guest:
+            ready = guest.wait_ready(arch.tcg_boot_timeout_s)
+            result.timings["boot_s"] = ready.seconds
+            started = time.monotonic()
+            reply = guest.request("capture", timeout_s=timeout_s, module="/" + GUEST_MODULE_PATH,
+                                  buffer_bytes=buffer_bytes, token=f"{cell.arch[:3]}{int(time.time()) % 100000}")
+            result.timings["run_s"] = round(time.monotonic() - started, 2)
+            with_log_tail = guest.log.tail(5)
+            guest.poweroff()
+        if not reply.get("ok"):
+            result.status = "fail"
+            result.reason = f"guest: {reply.get('error')}"
+            result.metrics["traceback"] = reply.get("traceback")
+            result.metrics["console_tail"] = with_log_tail
+            return result
+        result.metrics.update({k: v for k, v in reply.items() if k not in ("ok", "type", "id")})
+        (cell_dir / "capture.json").write_text(json.dumps(reply, indent=2))
+        if reply["passed"]:
+            result.status = "pass"
+        else:
+            result.status = "fail"
+            result.reason = _failure_reason(reply)
+    except GuestCrash as error:
+        result.status, result.reason = "fail", str(error)
+    except BuildError as error:
+        hint = f" (reproduce: {error.hint})" if error.hint else ""
+        result.status, result.reason = "error", f"build: {error}{hint}"
+    except (KmatrixError, GuestError) as error:
+        result.status, result.reason = "error", str(error)
+    return result
+
+
+def _failure_reason(reply: dict[str, Any]) -> str:
+    first = reply.get("first_mismatch")
+    if first:
+        return (f"{first['call']} (tid {first['tid']}): {first['what']}: expected {first['expected']!r}, "
+                f"got {first['got']!r}")
+    oracle = reply.get("oracle", {})
+    if not oracle.get("ok"):
+        return (f"driver saw {oracle.get('driver_count')} syscalls of the workload thread, tracefs "
+                f"{oracle.get('tracefs_count')}; first difference {oracle.get('first_difference')}")
+    if reply.get("drops"):
+        return f"{reply['drops']} events dropped"
+    if not reply.get("timestamps_monotonic", True):
+        return f"per-CPU timestamps went back: {reply.get('timestamp_problems')}"
+    return f"{reply.get('verified_calls')} of {reply.get('expected_calls')} calls verified"

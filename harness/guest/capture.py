@@ -1,0 +1,112 @@
+"""The capture suite, guest side: load the driver, run the workload, verify against it and tracefs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from harness.guest import tracefs
+from harness.guest.kmxdev import KmxDevice
+from harness.guest.schema import load_schema
+from harness.guest.verify import marked_sequence, timestamps_monotonic, verify_calls
+from harness.guest.workload import MARK_BEGIN, MARK_END, syscall_table
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def dmesg_tail(lines: int = 20) -> str:
+    _rc, text = _run(["dmesg"])
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def load_module(path: str, params: dict[str, Any]) -> None:
+    rc, text = _run(["insmod", path, *(f"{k}={v}" for k, v in params.items())])
+    if rc != 0:
+        raise RuntimeError(f"insmod {path} failed ({text}); dmesg:\n{dmesg_tail()}")
+
+
+def unload_module(name: str = "kmx") -> str | None:
+    rc, text = _run(["rmmod", name])
+    return None if rc == 0 else text
+
+
+def op_capture(request: dict[str, Any]) -> dict[str, Any]:
+    """Request: module (path), buffer_bytes, snaplen, token. Result: counts, verdict, first mismatch."""
+    schema = load_schema()
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    params = {"buffer_bytes": int(request.get("buffer_bytes", 8 << 20))}
+    load_module(str(request["module"]), params)
+    timings["load_s"] = round(time.monotonic() - started, 3)
+    device = KmxDevice(schema)
+    try:
+        return _capture(schema, device, request, timings)
+    finally:
+        device.close()
+        problem = unload_module()
+        if problem:
+            print(f"rmmod kmx: {problem}", file=sys.stderr)
+
+
+def _capture(schema: Any, device: KmxDevice, request: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    token = str(request.get("token", os.getpid()))
+    device.set_snaplen(int(request.get("snaplen", schema.const("KMX_SNAPLEN_DEFAULT"))))
+    workload = subprocess.Popen([sys.executable, "-S", "-m", "harness.guest.workload", token],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert workload.stdin and workload.stdout
+    hello = json.loads(workload.stdout.readline())
+    tid = int(hello["tid"])
+    device.set_filter_tgid(int(hello["pid"]))
+    trace = tracefs.SyscallTrace()
+    trace.start(tid)
+    device.start()
+    began = time.monotonic()
+    workload.stdin.write("go\n")
+    workload.stdin.flush()
+    record = json.loads(workload.stdout.readline())
+    workload.wait(timeout=60)
+    device.stop()
+    timings["workload_s"] = round(time.monotonic() - began, 3)
+    trace_text = trace.stop()
+    events = device.drain()
+    stats = device.stats()
+    nr_of = syscall_table(os.uname().machine)
+    verdict = verify_calls(schema, events, record["calls"], nr_of)
+
+    # Oracle: the workload thread's syscall numbers between the markers, driver vs tracefs.
+    enter = schema.const("KMX_EVT_SYS_ENTER")
+    driver_seq = marked_sequence([(e.nr, e.args[0]) for e in events if e.tid == tid and e.type == enter],
+                                 nr_of["close"], MARK_BEGIN, MARK_END)
+    trace_seq = marked_sequence(tracefs.parse_enters(trace_text, tid), nr_of["close"], MARK_BEGIN, MARK_END)
+    oracle_ok = driver_seq == trace_seq and len(trace_seq) > 0
+    first_diff = None
+    if not oracle_ok:
+        index = next((i for i, (a, b) in enumerate(zip(driver_seq, trace_seq, strict=False)) if a != b),
+                     min(len(driver_seq), len(trace_seq)))
+        first_diff = {"index": index, "driver": driver_seq[index : index + 5], "tracefs": trace_seq[index : index + 5]}
+    drops = sum(s.drops for s in stats)
+    monotonic = timestamps_monotonic(events)
+    passed = verdict.ok and oracle_ok and drops == 0 and not monotonic
+    return {
+        "passed": passed,
+        "events": len(events),
+        "expected_calls": verdict.expected,
+        "verified_calls": verdict.verified,
+        "mismatches": verdict.mismatches[:5],
+        "first_mismatch": verdict.mismatches[0] if verdict.mismatches else None,
+        "oracle": {"ok": oracle_ok, "driver_count": len(driver_seq), "tracefs_count": len(trace_seq),
+                   "first_difference": first_diff},
+        "drops": drops,
+        "per_cpu": [{"cpu": s.cpu, "events": s.events, "drops": s.drops, "bytes": s.bytes} for s in stats],
+        "timestamps_monotonic": not monotonic,
+        "timestamp_problems": monotonic[:3],
+        "timings": timings,
+        "tid": tid,
+    }

@@ -1,0 +1,126 @@
+"""User side of the kernel module: /dev/kmx ioctls and the per-CPU mmap'd ring buffers."""
+
+from __future__ import annotations
+
+import fcntl
+import heapq
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+from harness.guest.schema import Decoder, Event, Schema
+
+_INFO = struct.Struct("=IIQQII")
+_STATS = struct.Struct("=IIQQQ")
+_U64 = struct.Struct("=Q")
+
+
+def ioctl_number(machine: str, direction: str, magic: int, nr: int, size: int) -> int:
+    """_IOC() as the target's kernel computes it (powerpc uses other direction bits and a 13-bit size)."""
+    if machine.startswith(("ppc", "powerpc")):
+        none, write, read, size_bits = 1, 4, 2, 13
+    else:
+        none, write, read, size_bits = 0, 1, 2, 14
+    bits = {"": none, "w": write, "r": read, "rw": read | write}[direction]
+    return (bits << (16 + size_bits)) | (size << 16) | (magic << 8) | nr
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    schema_version: int
+    ncpus: int
+    buffer_bytes: int
+    map_stride: int
+    snaplen: int
+    capturing: bool
+
+
+@dataclass(frozen=True)
+class CpuStats:
+    cpu: int
+    online: bool
+    events: int
+    drops: int
+    bytes: int
+
+
+class KmxDevice:
+    def __init__(self, schema: Schema, path: str = "/dev/kmx") -> None:
+        self.schema = schema
+        self.machine = os.uname().machine
+        self.fd = os.open(path, os.O_RDWR)
+        self.decoder = Decoder(schema)
+        self.ctrl = schema.const("KMX_CTRL_SIZE")
+        self.info = self.get_info()
+        self.maps: dict[int, mmap.mmap] = {}
+        for cpu in range(self.info.ncpus):
+            try:
+                self.maps[cpu] = mmap.mmap(self.fd, self.ctrl + self.info.buffer_bytes,
+                                           offset=cpu * self.info.map_stride)
+            except OSError:
+                continue  # a possible but absent CPU has no buffer
+        self.pad_type = schema.const("KMX_EVT_PAD")
+        self.header_size = schema.const("KMX_HDR_SIZE")
+
+    def _nr(self, name: str, direction: str, size: int) -> int:
+        return ioctl_number(self.machine, direction, self.schema.const("KMX_IOCTL_MAGIC"),
+                            self.schema.const(f"KMX_IOCTL_{name}"), size)
+
+    def get_info(self) -> DeviceInfo:
+        buf = bytearray(_INFO.size)
+        fcntl.ioctl(self.fd, self._nr("GET_INFO", "r", _INFO.size), buf, True)
+        version, ncpus, size, stride, snaplen, capturing = _INFO.unpack(buf)
+        return DeviceInfo(version, ncpus, size, stride, snaplen, bool(capturing))
+
+    def start(self) -> None:
+        fcntl.ioctl(self.fd, self._nr("START", "", 0))
+
+    def stop(self) -> None:
+        fcntl.ioctl(self.fd, self._nr("STOP", "", 0))
+
+    def set_snaplen(self, snaplen: int) -> None:
+        fcntl.ioctl(self.fd, self._nr("SET_SNAPLEN", "w", 4), struct.pack("=I", snaplen))
+
+    def set_filter_tgid(self, tgid: int) -> None:
+        fcntl.ioctl(self.fd, self._nr("SET_FILTER_TGID", "w", 8), _U64.pack(tgid))
+
+    def stats(self) -> list[CpuStats]:
+        result = []
+        for cpu in range(self.info.ncpus):
+            buf = bytearray(_STATS.pack(cpu, 0, 0, 0, 0))
+            fcntl.ioctl(self.fd, self._nr("GET_STATS", "rw", _STATS.size), buf, True)
+            values = _STATS.unpack(buf)
+            result.append(CpuStats(values[0], bool(values[1]), values[2], values[3], values[4]))
+        return result
+
+    def drain_cpu(self, cpu: int, limit: int | None = None) -> list[Event]:
+        """Read what the producer has published on one CPU and give the space back."""
+        area = self.maps[cpu]
+        size = self.info.buffer_bytes
+        head = _U64.unpack_from(area, 0)[0]
+        tail = _U64.unpack_from(area, 8)[0]
+        events: list[Event] = []
+        while tail != head and (limit is None or len(events) < limit):
+            if size - tail < self.header_size:
+                tail = 0
+                continue
+            kind = struct.unpack_from("=H", area, self.ctrl + tail + 28)[0]
+            if kind == self.pad_type:
+                tail = 0
+                continue
+            event, length = self.decoder.decode(area, self.ctrl + tail, cpu)
+            events.append(event)
+            tail = (tail + length) % size
+        _U64.pack_into(area, 8, tail)
+        return events
+
+    def drain(self) -> list[Event]:
+        """Every CPU's events, merged by timestamp (each CPU's own stream is already in order)."""
+        return list(heapq.merge(*(self.drain_cpu(cpu) for cpu in self.maps), key=lambda e: e.ts_ns))
+
+    def close(self) -> None:
+        for area in self.maps.values():
+            area.close()
+        self.maps.clear()
+        os.close(self.fd)
