@@ -318,6 +318,14 @@ def _print_results(results: list[Any], run_dir: Path) -> None:
     out.print(table)
 
 
+def cmd_syscalls(args: argparse.Namespace) -> int:
+    from harness.syscalls import cli_syscalls
+
+    text, code = cli_syscalls(args.arch, args.json)
+    print(text)
+    return code
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     ws = _workspace(args)
     rows = []
@@ -380,6 +388,10 @@ def build_parser() -> Parser:
     p.add_argument("-o", "--output", type=Path, default=None, help="run directory (default: runs/run-*)")
     p.add_argument("--fault", default=None, help=argparse.SUPPRESS)  # test-only driver fault injection
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("syscalls", parents=[common], help="an architecture's syscall table (name -> number)")
+    p.add_argument("--arch", required=True, help="x86_64, aarch64, s390x, ppc64le, riscv64, loongarch64, or x86 (ia32)")
+    p.set_defaults(func=cmd_syscalls)
 
     p = sub.add_parser("image", parents=[common], help="build (or find cached) guest images")
     p.add_argument("--arch", default="all")

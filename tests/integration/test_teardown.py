@@ -1,0 +1,76 @@
+"""No QEMU outlives the harness: SIGTERM and SIGINT mid-boot leave none (checked in /proc)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.vm import running_qemu_pids
+
+pytestmark = [pytest.mark.vm, pytest.mark.arch_x86_64]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper is dead for our purpose)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+def _children_qemu(parent: int) -> list[int]:
+    found = []
+    for pid in running_qemu_pids():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if ppid == parent:
+            found.append(pid)
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_boot_leaves_no_qemu(signum: int, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "boot", "--arch", "x86_64", "--accel", "tcg", "-o", str(tmp_path), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 240
+    qemu: list[int] = []
+    while time.monotonic() < deadline and not qemu and proc.poll() is None:
+        time.sleep(0.2)
+        qemu = _children_qemu(proc.pid)
+    assert qemu, "QEMU never started"
+    time.sleep(1.0)  # mid-boot
+    proc.send_signal(signum)
+    proc.wait(timeout=30)
+    time.sleep(0.5)
+    assert [pid for pid in qemu if _alive(pid)] == []
+    assert proc.returncode in (130, 128 + signal.SIGTERM)
+
+
+def test_sigkill_of_the_harness_kills_qemu_too(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "boot", "--arch", "x86_64", "--accel", "tcg", "-o", str(tmp_path), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    qemu: list[int] = []
+    while time.monotonic() < deadline and not qemu and proc.poll() is None:
+        time.sleep(0.2)
+        qemu = _children_qemu(proc.pid)
+    assert qemu, "QEMU never started"
+    proc.kill()
+    proc.wait(timeout=30)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and any(_alive(pid) for pid in qemu):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in qemu), "QEMU survived SIGKILL of its parent"
