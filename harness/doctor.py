@@ -116,7 +116,29 @@ def check_arch(arch: ArchProfile, release: str) -> ArchReport:
             )
         )
     report.checks.append(_accel_check(arch))
+    report.checks.append(_compiler_check(arch, release))
     return report
+
+
+def _compiler_check(arch: ArchProfile, release: str) -> Check:
+    from harness.build.toolchain import find_compiler, gcc_package, missing_compiler_hint
+
+    try:
+        found = find_compiler(arch)
+    except KmatrixError as error:
+        found, detail = None, str(error).splitlines()[0]
+    else:
+        detail = found.description if found else "no compiler for kernel modules"
+    if found:
+        return Check("compiler", True, detail)
+    package = "gcc" if arch.name == os.uname().machine else gcc_package(arch.cross_triple)
+    return Check("compiler", False, detail, missing_compiler_hint(arch, release), (package,))
+
+
+def installed(package: str) -> bool:
+    done = subprocess.run(["dpkg-query", "-W", "-f", "${Status}", package], capture_output=True, text=True,
+                          check=False)
+    return done.returncode == 0 and "install ok installed" in done.stdout
 
 
 def _accel_check(arch: ArchProfile) -> Check:
@@ -180,6 +202,14 @@ def plan_setup(archs: list[str] | None = None) -> SetupPlan:
         for check in check_arch(ARCHS[name], release).checks:
             if not check.ok:
                 (backports if check.backports else packages).update(check.packages)
+    if backports:
+        # QEMU packages share qemu-system-common: take every one from backports, never a mix.
+        for arch in ARCHS.values():
+            backports.update(_qemu_packages(arch, release))
+    from harness.build.toolchain import required_packages
+
+    # Kernel module builds: cross compilers, make, and what kbuild's host tools need.
+    packages.update(p for p in required_packages(release) if not installed(p))
     return SetupPlan(release, sorted(packages), sorted(backports), bool(backports) and not BACKPORTS_SOURCE.exists())
 
 

@@ -44,7 +44,26 @@ def selected_boot_targets(config: pytest.Config) -> list[tuple[str, str]]:
     return pairs
 
 
+def selected_cells(config: pytest.Config, driver_kind: str, suite: str) -> list[object]:
+    """Cells of the chosen profile for one driver kind and suite."""
+    from harness.matrix import load_matrix
+    from harness.paths import default_matrix_path
+
+    matrix = load_matrix(default_matrix_path())
+    arch_filter = config.getoption("--kmatrix-arch")
+    wanted = [a.strip() for a in arch_filter.split(",")] if arch_filter else None
+    return [cell for cell in matrix.cells(config.getoption("--kmatrix-profile"))
+            if cell.suite == suite and matrix.drivers[cell.driver].kind == driver_kind
+            and (not wanted or cell.arch in wanted)]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kmod_capture_cell" in metafunc.fixturenames:
+        cells = selected_cells(metafunc.config, "kmod", "capture")
+        metafunc.parametrize("kmod_capture_cell", [
+            pytest.param(cell, id=cell.id, marks=[getattr(pytest.mark, f"arch_{cell.arch}")])  # type: ignore[attr-defined]
+            for cell in cells
+        ])
     if "boot_target" in metafunc.fixturenames:
         pairs = selected_boot_targets(metafunc.config)
         metafunc.parametrize(

@@ -21,11 +21,7 @@
 #ifndef KMX_EVENTS_H
 #define KMX_EVENTS_H
 
-#ifdef __KERNEL__
 #include <linux/types.h>
-#else
-#include <linux/types.h>
-#endif
 
 #define KMX_SCHEMA_VERSION 1
 
@@ -73,8 +69,14 @@ struct kmx_event_hdr {
 /*
  * Syscalls the drivers decode: KMX_DECODED(X) calls X(id, name, "enter params", "exit params");
  * each param is name:TYPE:source, source being argN (the Nth argument), argN/lenM (buffer at
- * argN of length argM), argN/ret (buffer at argN of length ret), or argN/*lenM (length read from
- * the int at argM). Names are the generic (asm-generic) names; arch tables map them to numbers.
+ * argN of length argM), argN/ret (buffer at argN of length ret, empty when ret <= 0), argN/16 (a
+ * fixed 16 bytes), or argN/ *lenM (written without the space: length read from the int at argM,
+ * at exit). STRV strings are joined by NUL with no trailing NUL; more than KMX_STRV_MAX_ARGS
+ * strings, or more than the snapshot length, sets KMX_PF_TRUNC. Exit params are decoded even
+ * when the call failed (the buffer as left, or KMX_PF_FAULT). Compat (ia32) calls carry id 0.
+ * Names are the generic (asm-generic) names; arch tables map them to numbers.
+ * The consumer publishes its tail with a plain store after it has finished reading the events
+ * (a release store where the language offers one); the producer reads it with smp_load_acquire.
  */
 #define KMX_DECODED(X) \
 	X(1, openat, "path:STR:arg1", "") \

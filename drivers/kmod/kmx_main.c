@@ -1,0 +1,264 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kmx: syscall capture through the raw_syscalls tracepoints into per-CPU mmap'd ring buffers.
+ *
+ * This file: module parameters, the per-CPU buffers, and the /dev/kmx misc device (mmap of a
+ * CPU's buffer, ioctls). kmx_probe.c: the tracepoint probes that write events.
+ * The event format, the buffer layout and the ioctls are drivers/common/kmx_events.h.
+ */
+#include <linux/cpumask.h>
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
+
+#include "compat.h"
+#include "kmx.h"
+
+#define KMX_IOC_START _IO(KMX_IOCTL_MAGIC, KMX_IOCTL_START)
+#define KMX_IOC_STOP _IO(KMX_IOCTL_MAGIC, KMX_IOCTL_STOP)
+#define KMX_IOC_SET_SNAPLEN _IOW(KMX_IOCTL_MAGIC, KMX_IOCTL_SET_SNAPLEN, __u32)
+#define KMX_IOC_GET_INFO _IOR(KMX_IOCTL_MAGIC, KMX_IOCTL_GET_INFO, struct kmx_info)
+#define KMX_IOC_GET_STATS _IOWR(KMX_IOCTL_MAGIC, KMX_IOCTL_GET_STATS, struct kmx_cpu_stats)
+#define KMX_IOC_SET_FILTER_TGID _IOW(KMX_IOCTL_MAGIC, KMX_IOCTL_SET_FILTER_TGID, __u64)
+
+#define KMX_MIN_BUFFER (64UL << 10)
+#define KMX_MAX_BUFFER (1UL << 30)
+
+static unsigned long buffer_bytes = 8UL << 20;
+module_param(buffer_bytes, ulong, 0444);
+MODULE_PARM_DESC(buffer_bytes, "data area per CPU in bytes (rounded up to the page size; default 8 MiB)");
+
+static unsigned int snaplen = KMX_SNAPLEN_DEFAULT;
+module_param(snaplen, uint, 0444);
+MODULE_PARM_DESC(snaplen, "bytes copied per buffer or string (1..4096; the SET_SNAPLEN ioctl changes it)");
+
+struct kmx_cpu_buf __percpu *kmx_bufs;
+u64 kmx_size;
+u32 kmx_snaplen_now;
+u64 kmx_filter_tgid;
+bool kmx_capturing;
+
+static u64 kmx_stride;
+static DEFINE_MUTEX(kmx_lock);
+
+static u32 kmx_clamp_snaplen(u64 value)
+{
+	return (u32)clamp_t(u64, value, 1, KMX_SNAPLEN_MAX);
+}
+
+/* Empty every ring and zero its counters; only while no probe writes (capturing off, synced). */
+static void kmx_reset_rings(void)
+{
+	int cpu;
+
+	for_each_possible_cpu(cpu) {
+		struct kmx_cpu_buf *buf = per_cpu_ptr(kmx_bufs, cpu);
+
+		buf->head = 0;
+		buf->events = 0;
+		buf->drops = 0;
+		buf->bytes = 0;
+		buf->ctrl->events = 0;
+		buf->ctrl->drops = 0;
+		buf->ctrl->bytes = 0;
+		WRITE_ONCE(buf->ctrl->tail, 0);
+		smp_store_release(&buf->ctrl->head, 0);
+	}
+}
+
+static long kmx_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	void __user *uarg = (void __user *)arg;
+	long ret = 0;
+
+	mutex_lock(&kmx_lock);
+	switch (cmd) {
+	case KMX_IOC_START:
+		if (!READ_ONCE(kmx_capturing)) {
+			kmx_reset_rings();
+			/* The probes read the rings only after seeing capturing set. */
+			smp_store_release(&kmx_capturing, true);
+		}
+		break;
+	case KMX_IOC_STOP:
+		if (READ_ONCE(kmx_capturing)) {
+			WRITE_ONCE(kmx_capturing, false);
+			kmx_tracepoint_sync(); /* no probe is still writing when STOP returns */
+		}
+		break;
+	case KMX_IOC_SET_SNAPLEN: {
+		__u32 value;
+
+		if (copy_from_user(&value, uarg, sizeof(value)))
+			ret = -EFAULT;
+		else
+			WRITE_ONCE(kmx_snaplen_now, kmx_clamp_snaplen(value));
+		break;
+	}
+	case KMX_IOC_SET_FILTER_TGID: {
+		__u64 value;
+
+		if (copy_from_user(&value, uarg, sizeof(value)))
+			ret = -EFAULT;
+		else
+			WRITE_ONCE(kmx_filter_tgid, value);
+		break;
+	}
+	case KMX_IOC_GET_INFO: {
+		struct kmx_info info;
+
+		memset(&info, 0, sizeof(info));
+		info.schema_version = KMX_SCHEMA_VERSION;
+		info.ncpus = nr_cpu_ids;
+		info.buffer_bytes = kmx_size;
+		info.map_stride = kmx_stride;
+		info.snaplen = READ_ONCE(kmx_snaplen_now);
+		info.capturing = READ_ONCE(kmx_capturing);
+		if (copy_to_user(uarg, &info, sizeof(info)))
+			ret = -EFAULT;
+		break;
+	}
+	case KMX_IOC_GET_STATS: {
+		struct kmx_cpu_stats stats;
+		struct kmx_cpu_buf *buf;
+
+		if (copy_from_user(&stats, uarg, sizeof(stats))) {
+			ret = -EFAULT;
+			break;
+		}
+		if (stats.cpu >= nr_cpu_ids || !cpu_possible(stats.cpu)) {
+			ret = -EINVAL;
+			break;
+		}
+		buf = per_cpu_ptr(kmx_bufs, stats.cpu);
+		stats.online = cpu_online(stats.cpu);
+		stats.events = READ_ONCE(buf->events);
+		stats.drops = READ_ONCE(buf->drops);
+		stats.bytes = READ_ONCE(buf->bytes);
+		if (copy_to_user(uarg, &stats, sizeof(stats)))
+			ret = -EFAULT;
+		break;
+	}
+	default:
+		ret = -ENOTTY;
+	}
+	mutex_unlock(&kmx_lock);
+	return ret;
+}
+
+/* mmap offset n * map_stride: CPU n's control page and data area. */
+static int kmx_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	u64 offset = (u64)vma->vm_pgoff << PAGE_SHIFT;
+	unsigned long len = vma->vm_end - vma->vm_start;
+	u64 cpu;
+
+	if (offset % kmx_stride)
+		return -EINVAL;
+	cpu = div64_u64(offset, kmx_stride);
+	if (cpu >= nr_cpu_ids || !cpu_possible(cpu) || len > kmx_stride)
+		return -EINVAL;
+	return remap_vmalloc_range(vma, per_cpu_ptr(kmx_bufs, cpu)->mem, 0);
+}
+
+static const struct file_operations kmx_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = kmx_ioctl,
+	.compat_ioctl = KMX_COMPAT_IOCTL,
+	.mmap = kmx_mmap,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice kmx_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = KMX_DEVICE_NAME,
+	.fops = &kmx_fops,
+	.mode = 0600,
+};
+
+static void kmx_free_buffers(void)
+{
+	int cpu;
+
+	if (!kmx_bufs)
+		return;
+	for_each_possible_cpu(cpu)
+		vfree(per_cpu_ptr(kmx_bufs, cpu)->mem);
+	free_percpu(kmx_bufs);
+	kmx_bufs = NULL;
+}
+
+static int kmx_alloc_buffers(void)
+{
+	int cpu;
+
+	kmx_bufs = alloc_percpu(struct kmx_cpu_buf);
+	if (!kmx_bufs)
+		return -ENOMEM;
+	for_each_possible_cpu(cpu) {
+		struct kmx_cpu_buf *buf = per_cpu_ptr(kmx_bufs, cpu);
+
+		buf->mem = vmalloc_user(kmx_stride);
+		if (!buf->mem) {
+			pr_err("kmx: cannot allocate %llu bytes for CPU %d\n", kmx_stride, cpu);
+			kmx_free_buffers();
+			return -ENOMEM;
+		}
+		buf->ctrl = buf->mem;
+		buf->data = (u8 *)buf->mem + KMX_CTRL_SIZE;
+		buf->ctrl->size = kmx_size;
+	}
+	return 0;
+}
+
+static int __init kmx_init(void)
+{
+	int ret;
+
+	BUILD_BUG_ON(sizeof(struct kmx_event_hdr) != KMX_HDR_SIZE);
+	BUILD_BUG_ON(sizeof(struct kmx_ring_ctrl) > KMX_CTRL_SIZE);
+	if (buffer_bytes < KMX_MIN_BUFFER || buffer_bytes > KMX_MAX_BUFFER) {
+		pr_err("kmx: buffer_bytes=%lu out of range %lu..%lu\n", buffer_bytes, KMX_MIN_BUFFER, KMX_MAX_BUFFER);
+		return -EINVAL;
+	}
+	kmx_size = PAGE_ALIGN(buffer_bytes);
+	kmx_stride = PAGE_ALIGN(KMX_CTRL_SIZE + kmx_size);
+	kmx_snaplen_now = kmx_clamp_snaplen(snaplen);
+
+	ret = kmx_alloc_buffers();
+	if (ret)
+		return ret;
+	ret = kmx_probes_register();
+	if (ret)
+		goto free;
+	ret = misc_register(&kmx_misc);
+	if (ret)
+		goto unregister;
+	pr_info("kmx: %u possible CPUs, %llu bytes per buffer, map stride %llu\n", nr_cpu_ids, kmx_size, kmx_stride);
+	return 0;
+
+unregister:
+	kmx_probes_unregister();
+free:
+	kmx_free_buffers();
+	return ret;
+}
+
+static void __exit kmx_exit(void)
+{
+	misc_deregister(&kmx_misc);
+	WRITE_ONCE(kmx_capturing, false);
+	kmx_probes_unregister(); /* waits for running probes */
+	kmx_free_buffers();
+}
+
+module_init(kmx_init);
+module_exit(kmx_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("kmatrix reference syscall capture driver (raw_syscalls tracepoints, per-CPU mmap buffers)");
+MODULE_AUTHOR("kmatrix");
