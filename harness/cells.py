@@ -56,8 +56,12 @@ def module_overlay(ko: Path, dest: Path) -> Path:
     return dest
 
 
+# The capture suite runs with each of these per-CPU buffer sizes (the module's default is 8 MiB).
+CAPTURE_BUFFER_SIZES = (8 << 20, 4 << 20, 32 << 20)
+
+
 def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
-                     buffer_bytes: int = 8 << 20, timeout_s: float = 300) -> CellResult:
+                     buffer_sizes: tuple[int, ...] = CAPTURE_BUFFER_SIZES, timeout_s: float = 300) -> CellResult:
     """The capture suite on one (arch, kernel) with the kernel module."""
     arch = get_arch(cell.arch)
     cell_dir = run_dir / cell.id
@@ -80,15 +84,17 @@ def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         result.timings["build_s"] = round(time.monotonic() - started, 2)
         result.metrics["build_cached"] = build.cached
         result.metrics["compiler"] = build.compiler
-        spec, _kernel, _image, _reason = prepare(ws, arch, cell.kernel)
+        spec, _kernel, image, accel_reason = prepare(ws, arch, cell.kernel)
+        result.metrics["image_bytes"] = image.size
         spec = dataclasses.replace(spec, overlays=(module_overlay(build.ko, cell_dir / "kmod.cpio.gz"),))
         result.accel = spec.accel
+        result.metrics["accel_reason"] = accel_reason
         with Guest(spec, cell_dir / "console.log") as guest:
             ready = guest.wait_ready(arch.tcg_boot_timeout_s)
             result.timings["boot_s"] = ready.seconds
             started = time.monotonic()
             reply = guest.request("capture", timeout_s=timeout_s, module="/" + GUEST_MODULE_PATH,
-                                  buffer_bytes=buffer_bytes, token=f"{cell.arch[:3]}{int(time.time()) % 100000}")
+                                  buffer_sizes=list(buffer_sizes), token=f"{cell.arch[:3]}{int(time.time()) % 100000}")
             result.timings["run_s"] = round(time.monotonic() - started, 2)
             with_log_tail = guest.log.tail(5)
             guest.poweroff()

@@ -303,7 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_results(results: list[Any], run_dir: Path) -> None:
     table = Table(title=f"kmatrix run ({run_dir})")
     for column in ("arch", "kernel", "release", "driver", "suite", "status", "verified", "driver/tracefs",
-                   "build s", "boot s", "run s", "reason"):
+                   "accel", "build s", "boot s", "run s", "reason"):
         table.add_column(column)
     colors = {"pass": "green", "fail": "red", "error": "magenta", "skip": "yellow"}
     for r in results:
@@ -312,6 +312,7 @@ def _print_results(results: list[Any], run_dir: Path) -> None:
             r.arch, r.kernel, r.kernel_release or "?", r.driver, r.suite, f"[{colors[r.status]}]{r.status}[/]",
             f"{r.metrics.get('verified_calls', '')}/{r.metrics.get('expected_calls', '')}" if r.metrics else "",
             f"{oracle.get('driver_count', '')}/{oracle.get('tracefs_count', '')}" if oracle else "",
+            r.accel or "",
             str(r.timings.get("build_s", "")), str(r.timings.get("boot_s", "")), str(r.timings.get("run_s", "")),
             escape((r.reason or "")[:200]),
         )

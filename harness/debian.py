@@ -489,6 +489,8 @@ class DebianRepo:
         self.timeout_s = timeout_s
         self._releases: dict[str, ReleaseInfo] = {}
         self._indexes: dict[tuple[str, str, str], dict[str, list[Package]]] = {}
+        # .debs this process already found missing from the pool: not asked for again.
+        self._missing: dict[str, MissingFromPool] = {}
 
     def __repr__(self) -> str:
         return f"DebianRepo({self.mirror!r}, cache={self.root})"
@@ -555,9 +557,12 @@ class DebianRepo:
         for suite in suites:
             try:
                 pkg = self.find(suite, arch, name)
+                if pkg.sha256 in self._missing:
+                    raise self._missing[pkg.sha256]
                 self.fetch(pkg)
                 return pkg, notes
             except MissingFromPool as error:
+                self._missing[pkg.sha256] = error
                 notes.append(f"{name} from {suite} is missing from the pool ({error}); trying the next suite")
                 last = error
             except FetchError as error:

@@ -153,10 +153,10 @@ class ImageBuilder:
         names = [name.format(py=py) for name in recipe.packages]
         suites = [suite, *[s for s in recipe.fallback_suites if s != suite]]
         packages: list[Package] = []
+        substitutions: list[str] = []
         for name in names:
             pkg, notes = self.repo.find_fetchable(suites, arch.debian_arch, name)
-            for note in notes:
-                self.log(f"{arch.name}: {note.splitlines()[0]}")
+            substitutions += notes
             packages.append(pkg)
         key = _input_hash(recipe, packages, init, {"arch": arch.name, "suite": suite})
         target = self.cache / f"{arch.name}-{suite}-{key}.cpio.gz"
@@ -165,6 +165,8 @@ class ImageBuilder:
             if target.exists():
                 return GuestImage(target, arch.name, suite, py, meta, target.stat().st_size, False)
             self.log(f"building guest image for {arch.name} ({suite}, Python {py})")
+            for note in substitutions:
+                self.log(f"{arch.name}: {note.splitlines()[0]}")
             runtime = python_runtime(self.repo, suites, host_debian_arch(), py)
             with tempfile.TemporaryDirectory(prefix="kmatrix-rootfs-") as tmp:
                 staging = Path(tmp) / "root"

@@ -38,7 +38,28 @@ def unload_module(name: str = "kmx") -> str | None:
 
 
 def op_capture(request: dict[str, Any]) -> dict[str, Any]:
-    """Request: module (path), buffer_bytes, snaplen, token. Result: counts, verdict, first mismatch."""
+    """Request: module (path), buffer_bytes, snaplen, token. Result: counts, verdict, first mismatch.
+
+    With `buffer_sizes` (a list of bytes), the suite runs once per size, reloading the module each
+    time; the result is the first size's, plus a per-size summary, and passes only if all pass.
+    """
+    sizes = [int(size) for size in request.get("buffer_sizes", [])]
+    if not sizes:
+        return _capture_once(request)
+    runs = [(size, _capture_once({**request, "buffer_bytes": size, "token": f"{request.get('token', '')}b{i}"}))
+            for i, size in enumerate(sizes)]
+    result = dict(runs[0][1])
+    result["per_buffer_size"] = [{"buffer_bytes": size, "passed": r["passed"], "verified_calls": r["verified_calls"],
+                                  "events": r["events"], "drops": r["drops"],
+                                  "first_mismatch": r["first_mismatch"]} for size, r in runs]
+    failing = next(((size, r) for size, r in runs if not r["passed"]), None)
+    if failing:
+        result = {**failing[1], "per_buffer_size": result["per_buffer_size"]}
+    result["passed"] = failing is None
+    return result
+
+
+def _capture_once(request: dict[str, Any]) -> dict[str, Any]:
     schema = load_schema()
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -96,6 +117,7 @@ def _capture(schema: Any, device: KmxDevice, request: dict[str, Any], timings: d
     passed = verdict.ok and oracle_ok and drops == 0 and not monotonic
     return {
         "passed": passed,
+        "buffer_bytes": device.info.buffer_bytes,
         "events": len(events),
         "expected_calls": verdict.expected,
         "verified_calls": verdict.verified,

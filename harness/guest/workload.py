@@ -103,6 +103,8 @@ class Workload:
 
         data = f"kmatrix write sentinel {t}\n".encode()
         self.sys("write", fd, self.ptr(self.buf(data)), len(data), enter={"data": data})
+        # A bad user pointer: the driver must report an empty param flagged as a fault, not crash.
+        self.sys("write", fd, 0x10, 5, enter={"data": {"fault": True}})
         data2 = f"pwrite sentinel {t}".encode()
         self.sys("pwrite64", fd, self.ptr(self.buf(data2)), len(data2), 100, enter={"data": data2})
         self.sys("lseek", fd, 0, os.SEEK_SET)
