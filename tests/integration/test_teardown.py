@@ -37,11 +37,11 @@ def _children_qemu(parent: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_mid_boot_leaves_no_qemu(signum: int, tmp_path: Path) -> None:
+def _boot_until_qemu_runs(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """Start `kmatrix boot` in a child process and wait until its QEMU exists."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "boot", "--arch", "x86_64", "--accel", "tcg", "-o", str(tmp_path), "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     deadline = time.monotonic() + 240
     qemu: list[int] = []
@@ -49,6 +49,12 @@ def test_signal_mid_boot_leaves_no_qemu(signum: int, tmp_path: Path) -> None:
         time.sleep(0.2)
         qemu = _children_qemu(proc.pid)
     assert qemu, "QEMU never started"
+    return proc, qemu
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_boot_leaves_no_qemu(signum: int, tmp_path: Path) -> None:
+    proc, qemu = _boot_until_qemu_runs(tmp_path)
     time.sleep(1.0)  # mid-boot
     proc.send_signal(signum)
     proc.wait(timeout=30)
@@ -58,16 +64,7 @@ def test_signal_mid_boot_leaves_no_qemu(signum: int, tmp_path: Path) -> None:
 
 
 def test_sigkill_of_the_harness_kills_qemu_too(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "boot", "--arch", "x86_64", "--accel", "tcg", "-o", str(tmp_path), "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    qemu: list[int] = []
-    while time.monotonic() < deadline and not qemu and proc.poll() is None:
-        time.sleep(0.2)
-        qemu = _children_qemu(proc.pid)
-    assert qemu, "QEMU never started"
+    proc, qemu = _boot_until_qemu_runs(tmp_path)
     proc.kill()
     proc.wait(timeout=30)
     end = time.monotonic() + 10
