@@ -18,7 +18,8 @@ from typing import Any
 from harness import cpio
 from harness.archs import get_arch
 from harness.errors import BuildError, GuestError, KmatrixError
-from harness.matrix import Cell, applicability
+from harness.images import KernelImage
+from harness.matrix import Applicability, Cell, applicability
 from harness.runner import Workspace, prepare
 from harness.vm import Guest, GuestCrash
 
@@ -43,6 +44,37 @@ class CellResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def settle_kernel(ws: Workspace, cell: Cell, profile: str) -> tuple[Cell, KernelImage, Applicability, list[str]]:
+    """The kernel a cell really runs on, with its applicability.
+
+    Under the `minimum` profile the oldest kernel at or above the declared minimum may still lack
+    what the driver needs (bookworm's s390x 6.1 has no BTF for modern_bpf); then the next
+    candidate is taken and the passed-over kernels are returned as notes.
+    """
+    arch = get_arch(cell.arch)
+    static = applicability(ws.matrix, cell, None)  # arch and suite support: no kernel changes those
+    falls_forward = profile == "minimum" and (static.runnable or static.pending)
+    candidates = ws.matrix.minimum_candidates(cell.arch, cell.driver) if falls_forward else []
+    candidates = candidates or [cell.kernel]
+    notes: list[str] = []
+    for index, ref in enumerate(candidates):
+        settled = dataclasses.replace(cell, kernel=ref)
+        kernel = ws.kernel(arch, ref)
+        verdict = applicability(ws.matrix, settled, kernel.facts)
+        if verdict.runnable or index == len(candidates) - 1:
+            return settled, kernel, verdict, notes
+        notes.append(f"{ref.label} ({kernel.release}) passed over: {verdict.reason}")
+    raise AssertionError("unreachable: candidates is never empty")
+
+
+def minimum_text(cell: Cell, release: str | None) -> str:
+    """'declared 5.8, tested 6.12' for reports."""
+    if cell.declared_min is None:
+        return ""
+    tested = ".".join(release.split(".")[:2]) if release else cell.kernel.expect_text
+    return f"declared {'.'.join(map(str, cell.declared_min[:2]))}, tested {tested}"
 
 
 def module_overlay(ko: Path, dest: Path) -> Path:

@@ -136,59 +136,39 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from harness.cells import minimum_text, settle_kernel
     from harness.matrix import applicability
 
     ws = _workspace(args)
     cells = ws.matrix.cells(args.profile, archs=_arch_list(args.arch) if args.arch else None)
-    facts_cache: dict[tuple[str, str], Any] = {}
     rows = []
     for cell in cells:
-        key = (cell.arch, cell.kernel.label)
-        if key not in facts_cache:
-            facts_cache[key] = None
-            if not args.no_fetch:
-                try:
-                    facts_cache[key] = ws.kernel(get_arch(cell.arch), cell.kernel).facts
-                except KmatrixError as error:
-                    facts_cache[key] = error
-        facts = facts_cache[key]
+        release: str | None = None
         reason: str | None
-        if isinstance(facts, KmatrixError):
-            status, reason, release = "error", str(facts).splitlines()[0], None
-        else:
-            verdict = applicability(ws.matrix, cell, facts)
-            status = "run" if verdict.runnable else "skip"
-            reason = verdict.reason
-            release = facts.release if facts else None
-        rows.append(
-            {
-                "cell": cell.id,
-                "arch": cell.arch,
-                "kernel": cell.kernel.label,
-                "release": release,
-                "driver": cell.driver,
-                "suite": cell.suite,
-                "status": status,
-                "reason": reason,
-            }
-        )
+        try:
+            if args.no_fetch:
+                verdict = applicability(ws.matrix, cell, None)
+                notes: list[str] = []
+            else:
+                cell, kernel, verdict, notes = settle_kernel(ws, cell, args.profile)
+                release = kernel.release
+            status = "pending" if verdict.pending else ("run" if verdict.runnable else "skip")
+            reason = "; ".join([*notes, *([verdict.reason] if verdict.reason else [])]) or None
+        except KmatrixError as error:
+            status, reason = "error", str(error).splitlines()[0]
+        rows.append({"cell": cell.id, "arch": cell.arch, "kernel": cell.kernel.label, "release": release,
+                     "driver": cell.driver, "suite": cell.suite, "status": status, "reason": reason,
+                     "minimum": minimum_text(cell, release)})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title=f"profile {args.profile}: {len(rows)} cells")
-    for column in ("arch", "kernel", "release", "driver", "suite", "status", "reason"):
+    for column in ("arch", "kernel", "release", "driver", "suite", "status", "minimum", "reason"):
         table.add_column(column)
+    colors = {"run": "green", "skip": "yellow", "error": "red", "pending": "cyan"}
     for row in rows:
-        color = {"run": "green", "skip": "yellow", "error": "red"}[row["status"]]
-        table.add_row(
-            row["arch"],
-            row["kernel"],
-            row["release"] or "?",
-            row["driver"],
-            row["suite"],
-            f"[{color}]{row['status']}[/]",
-            row["reason"] or "",
-        )
+        table.add_row(row["arch"], row["kernel"], row["release"] or "?", row["driver"], row["suite"],
+                      f"[{colors[row['status']]}]{row['status']}[/]", row["minimum"], escape(row["reason"] or ""))
     out.print(table)
     return 0
 
@@ -266,7 +246,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.cells import CellResult, run_capture_cell
+    from harness.cells import CellResult, run_capture_cell, settle_kernel
     from harness.runner import new_run_dir
 
     ws = _workspace(args)
@@ -283,6 +263,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     results: list[CellResult] = []
     for cell in cells:
+        if profile == "minimum":
+            cell, _kernel, _verdict, notes = settle_kernel(ws, cell, profile)
+            for note in notes:
+                ws.say(f"{cell.arch} {cell.driver}: {note}")
         ws.say(f"[bold]{cell.id}[/]: running")
         if ws.matrix.drivers[cell.driver].kind == "kmod" and cell.suite == "capture":
             result = run_capture_cell(ws, cell, run_dir, fault=args.fault)
