@@ -23,7 +23,44 @@ from harness.matrix import Applicability, Cell, applicability
 from harness.runner import Workspace, prepare
 from harness.vm import Guest, GuestCrash
 
-GUEST_MODULE_PATH = "opt/kmatrix/drivers/kmx.ko"
+GUEST_DRIVER_DIR = "opt/kmatrix/drivers"
+
+
+@dataclass(frozen=True)
+class DriverArtifact:
+    """A built driver and where it goes in the guest."""
+
+    path: Path
+    guest_path: str  # relative to the guest's root
+    cached: bool
+    compiler: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def build_driver(ws: Workspace, kind: str, cell: Cell, fault: str | None) -> DriverArtifact:
+    """Build the cell's driver for its kernel (kmod, legacy BPF) or its architecture (CO-RE BPF)."""
+    arch = get_arch(cell.arch)
+    suite = cell.kernel.suite
+    if suite is None and kind != "modern_bpf":
+        raise BuildError(f"{kind} builds need Debian kernel headers; a user kernel ({cell.kernel.source}) "
+                         "has none here")
+    if kind == "kmod":
+        from harness.build.kmod import build_kmod
+
+        kmod = build_kmod(ws.repo, arch, str(suite), ws.cache, fault=fault, log=ws.say)
+        return DriverArtifact(kmod.ko, f"{GUEST_DRIVER_DIR}/kmx.ko", kmod.cached, kmod.compiler)
+    if kind == "modern_bpf":
+        from harness.build.bpf_modern import build_modern_bpf
+
+        modern = build_modern_bpf(ws.repo, arch, ws.cache, fault=fault, log=ws.say)
+        return DriverArtifact(modern.obj, f"{GUEST_DRIVER_DIR}/kmx_modern.bpf.o", modern.cached, modern.compiler,
+                              {"vmlinux_source": modern.vmlinux_source})
+    if kind == "bpf":
+        from harness.build.bpf_legacy import build_legacy_bpf
+
+        legacy = build_legacy_bpf(ws.repo, arch, str(suite), ws.cache, fault=fault, log=ws.say)
+        return DriverArtifact(legacy.obj, f"{GUEST_DRIVER_DIR}/kmx_legacy.bpf.o", legacy.cached, legacy.compiler)
+    raise BuildError(f"unknown driver kind {kind!r}")
 
 
 @dataclass
@@ -77,13 +114,13 @@ def minimum_text(cell: Cell, release: str | None) -> str:
     return f"declared {'.'.join(map(str, cell.declared_min[:2]))}, tested {tested}"
 
 
-def module_overlay(ko: Path, dest: Path) -> Path:
-    """A cpio overlay carrying the built module to GUEST_MODULE_PATH."""
+def file_overlay(source: Path, guest_path: str, dest: Path) -> Path:
+    """A cpio overlay carrying one file (a built driver) to guest_path."""
     entries = []
-    parts = GUEST_MODULE_PATH.split("/")
+    parts = guest_path.split("/")
     for depth in range(1, len(parts)):
         entries.append(cpio.Entry("/".join(parts[:depth]), stat.S_IFDIR | 0o755))
-    entries.append(cpio.Entry(GUEST_MODULE_PATH, stat.S_IFREG | 0o644, ko.read_bytes()))
+    entries.append(cpio.Entry(guest_path, stat.S_IFREG | 0o644, source.read_bytes()))
     cpio.write_gzip_cpio(entries, dest)
     return dest
 
@@ -94,7 +131,7 @@ CAPTURE_BUFFER_SIZES = (8 << 20, 4 << 20, 32 << 20)
 
 def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
                      buffer_sizes: tuple[int, ...] = CAPTURE_BUFFER_SIZES, timeout_s: float = 300) -> CellResult:
-    """The capture suite on one (arch, kernel) with the kernel module."""
+    """The capture suite on one (arch, kernel) with the cell's driver."""
     arch = get_arch(cell.arch)
     cell_dir = run_dir / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -108,24 +145,22 @@ def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         if not verdict.runnable:
             result.status, result.reason = "skip", verdict.reason
             return result
-        from harness.build.kmod import build_kmod
-
+        kind = ws.matrix.drivers[cell.driver].kind
         started = time.monotonic()
-        assert cell.kernel.suite is not None, "user kernels need their headers: not supported for kmod yet"
-        build = build_kmod(ws.repo, arch, cell.kernel.suite, ws.cache, fault=fault, log=ws.say)
+        build = build_driver(ws, kind, cell, fault)
         result.timings["build_s"] = round(time.monotonic() - started, 2)
-        result.metrics["build_cached"] = build.cached
-        result.metrics["compiler"] = build.compiler
+        result.metrics.update({"build_cached": build.cached, "compiler": build.compiler, **build.details})
         spec, _kernel, image, accel_reason = prepare(ws, arch, cell.kernel)
         result.metrics["image_bytes"] = image.size
-        spec = dataclasses.replace(spec, overlays=(module_overlay(build.ko, cell_dir / "kmod.cpio.gz"),))
+        overlay = file_overlay(build.path, build.guest_path, cell_dir / "driver.cpio.gz")
+        spec = dataclasses.replace(spec, overlays=(overlay,))
         result.accel = spec.accel
         result.metrics["accel_reason"] = accel_reason
         with Guest(spec, cell_dir / "console.log") as guest:
             ready = guest.wait_ready(arch.tcg_boot_timeout_s)
             result.timings["boot_s"] = ready.seconds
             started = time.monotonic()
-            reply = guest.request("capture", timeout_s=timeout_s, module="/" + GUEST_MODULE_PATH,
+            reply = guest.request("capture", timeout_s=timeout_s, driver=kind, artifact="/" + build.guest_path,
                                   buffer_sizes=list(buffer_sizes), token=f"{cell.arch[:3]}{int(time.time()) % 100000}")
             result.timings["run_s"] = round(time.monotonic() - started, 2)
             with_log_tail = guest.log.tail(5)

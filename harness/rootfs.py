@@ -120,7 +120,11 @@ import importlib, json, sys
 import runpy, importlib.util  # the guest starts the agent with -m
 for name in sys.argv[1:]:
     importlib.import_module(name)
-import harness.guest.agent
+import harness.guest, os
+# Every guest module, not only what the agent imports at start: some are imported lazily per driver.
+for file in sorted(os.listdir(os.path.dirname(harness.guest.__file__))):
+    if file.endswith(".py") and file != "__init__.py":
+        importlib.import_module("harness.guest." + file[:-3])
 print(json.dumps(sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})))
 """
 

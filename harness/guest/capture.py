@@ -38,7 +38,8 @@ def unload_module(name: str = "kmx") -> str | None:
 
 
 def op_capture(request: dict[str, Any]) -> dict[str, Any]:
-    """Request: module (path), buffer_bytes, snaplen, token. Result: counts, verdict, first mismatch.
+    """Request: driver (kmod, bpf, modern_bpf), artifact (its path in the guest), buffer_bytes, snaplen,
+    token. Result: counts, verdict, first mismatch.
 
     With `buffer_sizes` (a list of bytes), the suite runs once per size, reloading the module each
     time; the result is the first size's, plus a per-size summary, and passes only if all pass.
@@ -61,30 +62,65 @@ def op_capture(request: dict[str, Any]) -> dict[str, Any]:
 
 def _capture_once(request: dict[str, Any]) -> dict[str, Any]:
     schema = load_schema()
+    driver = str(request.get("driver", "kmod"))
+    artifact = str(request.get("artifact") or request["module"])
     timings: dict[str, float] = {}
-    started = time.monotonic()
-    params = {"buffer_bytes": int(request.get("buffer_bytes", 8 << 20))}
-    load_module(str(request["module"]), params)
-    timings["load_s"] = round(time.monotonic() - started, 3)
-    device = KmxDevice(schema)
+    if driver == "kmod":
+        started = time.monotonic()
+        load_module(artifact, {"buffer_bytes": int(request.get("buffer_bytes", 8 << 20))})
+        timings["load_s"] = round(time.monotonic() - started, 3)
     try:
-        return _capture(schema, device, request, timings)
+        return _capture(schema, driver, artifact, request, timings)
     finally:
-        device.close()
-        problem = unload_module()
-        if problem:
-            print(f"rmmod kmx: {problem}", file=sys.stderr)
+        if driver == "kmod":
+            problem = unload_module()
+            if problem:
+                print(f"rmmod kmx: {problem}", file=sys.stderr)
 
 
-def _capture(schema: Any, device: KmxDevice, request: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+def open_consumer(schema: Any, driver: str, artifact: str, *, tgid: int, snaplen: int, buffer_bytes: int) -> Any:
+    """The driver's user side, configured to capture one process (and its children)."""
+    if driver == "kmod":
+        device: Any = KmxDevice(schema)
+        device.set_snaplen(snaplen)
+        device.set_filter_tgid(tgid)
+        return device
+    if driver == "modern_bpf":
+        from harness.guest.bpfdev import ModernBpfDevice
+
+        return ModernBpfDevice(schema, artifact, snaplen=snaplen, filter_tgid=tgid, buffer_bytes=buffer_bytes)
+    if driver == "bpf":
+        from harness.guest.perfdev import LegacyBpfDevice
+
+        device = LegacyBpfDevice(schema, artifact)
+        device.set_snaplen(snaplen)
+        device.set_filter_tgid(tgid)
+        return device
+    raise ValueError(f"unknown driver kind {driver!r}")
+
+
+def _capture(schema: Any, driver: str, artifact: str, request: dict[str, Any],
+             timings: dict[str, float]) -> dict[str, Any]:
     token = str(request.get("token", os.getpid()))
-    device.set_snaplen(int(request.get("snaplen", schema.const("KMX_SNAPLEN_DEFAULT"))))
     workload = subprocess.Popen([sys.executable, "-S", "-m", "harness.guest.workload", token],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert workload.stdin and workload.stdout
     hello = json.loads(workload.stdout.readline())
     tid = int(hello["tid"])
-    device.set_filter_tgid(int(hello["pid"]))
+    started = time.monotonic()
+    device = open_consumer(schema, driver, artifact, tgid=int(hello["pid"]),
+                           snaplen=int(request.get("snaplen", schema.const("KMX_SNAPLEN_DEFAULT"))),
+                           buffer_bytes=int(request.get("buffer_bytes", 8 << 20)))
+    timings["open_s"] = round(time.monotonic() - started, 3)
+    try:
+        return _run_and_verify(schema, device, workload, tid, timings)
+    finally:
+        device.close()
+
+
+def _run_and_verify(schema: Any, device: Any, workload: subprocess.Popen[str], tid: int,
+                    timings: dict[str, float]) -> dict[str, Any]:
+    assert workload.stdin and workload.stdout
     trace = tracefs.SyscallTrace()
     trace.start(tid)
     device.start()
@@ -117,7 +153,8 @@ def _capture(schema: Any, device: KmxDevice, request: dict[str, Any], timings: d
     passed = verdict.ok and oracle_ok and drops == 0 and not monotonic
     return {
         "passed": passed,
-        "buffer_bytes": device.info.buffer_bytes,
+        "buffer_bytes": getattr(getattr(device, "info", None), "buffer_bytes", None),
+        "driver_details": device.details() if hasattr(device, "details") else {},
         "events": len(events),
         "expected_calls": verdict.expected,
         "verified_calls": verdict.verified,
