@@ -17,8 +17,13 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from dataclasses import dataclass
-from typing import Any
+
+from harness.guest.record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 VERSION = 1
 START = "<<KMX|"
@@ -46,13 +51,13 @@ def encode(seq: int, message: dict[str, Any]) -> str:
     return f"{START}{seq}|{len(raw)}|{checksum(raw)}|{payload}{END}"
 
 
-@dataclass(frozen=True)
+@record
 class Frame:
     seq: int
     message: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@record
 class CorruptFrame:
     """A frame start was seen but its content did not verify; `seq` is known if the header survived."""
 

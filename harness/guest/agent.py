@@ -13,13 +13,16 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any
 
 from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def read_text(path: str) -> str:

@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
 
 from harness.guest import tracefs
 from harness.guest.kmxdev import KmxDevice
 from harness.guest.schema import load_schema
 from harness.guest.verify import marked_sequence, timestamps_monotonic, verify_calls
 from harness.guest.workload import MARK_BEGIN, MARK_END, syscall_table
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
@@ -47,12 +50,22 @@ def op_capture(request: dict[str, Any]) -> dict[str, Any]:
     sizes = [int(size) for size in request.get("buffer_sizes", [])]
     if not sizes:
         return _capture_once(request)
-    runs = [(size, _capture_once({**request, "buffer_bytes": size, "token": f"{request.get('token', '')}b{i}"}))
-            for i, size in enumerate(sizes)]
+    runs = [
+        (size, _capture_once({**request, "buffer_bytes": size, "token": f"{request.get('token', '')}b{i}"}))
+        for i, size in enumerate(sizes)
+    ]
     result = dict(runs[0][1])
-    result["per_buffer_size"] = [{"buffer_bytes": size, "passed": r["passed"], "verified_calls": r["verified_calls"],
-                                  "events": r["events"], "drops": r["drops"],
-                                  "first_mismatch": r["first_mismatch"]} for size, r in runs]
+    result["per_buffer_size"] = [
+        {
+            "buffer_bytes": size,
+            "passed": r["passed"],
+            "verified_calls": r["verified_calls"],
+            "events": r["events"],
+            "drops": r["drops"],
+            "first_mismatch": r["first_mismatch"],
+        }
+        for size, r in runs
+    ]
     failing = next(((size, r) for size, r in runs if not r["passed"]), None)
     if failing:
         result = {**failing[1], "per_buffer_size": result["per_buffer_size"]}
@@ -99,18 +112,28 @@ def open_consumer(schema: Any, driver: str, artifact: str, *, tgid: int, snaplen
     raise ValueError(f"unknown driver kind {driver!r}")
 
 
-def _capture(schema: Any, driver: str, artifact: str, request: dict[str, Any],
-             timings: dict[str, float]) -> dict[str, Any]:
+def _capture(
+    schema: Any, driver: str, artifact: str, request: dict[str, Any], timings: dict[str, float]
+) -> dict[str, Any]:
     token = str(request.get("token", os.getpid()))
-    workload = subprocess.Popen([sys.executable, "-S", "-m", "harness.guest.workload", token],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    workload = subprocess.Popen(
+        [sys.executable, "-S", "-m", "harness.guest.workload", token],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert workload.stdin and workload.stdout
     hello = json.loads(workload.stdout.readline())
     tid = int(hello["tid"])
     started = time.monotonic()
-    device = open_consumer(schema, driver, artifact, tgid=int(hello["pid"]),
-                           snaplen=int(request.get("snaplen", schema.const("KMX_SNAPLEN_DEFAULT"))),
-                           buffer_bytes=int(request.get("buffer_bytes", 8 << 20)))
+    device = open_consumer(
+        schema,
+        driver,
+        artifact,
+        tgid=int(hello["pid"]),
+        snaplen=int(request.get("snaplen", schema.const("KMX_SNAPLEN_DEFAULT"))),
+        buffer_bytes=int(request.get("buffer_bytes", 8 << 20)),
+    )
     timings["open_s"] = round(time.monotonic() - started, 3)
     try:
         return _run_and_verify(schema, device, workload, tid, timings)
@@ -118,8 +141,9 @@ def _capture(schema: Any, driver: str, artifact: str, request: dict[str, Any],
         device.close()
 
 
-def _run_and_verify(schema: Any, device: Any, workload: subprocess.Popen[str], tid: int,
-                    timings: dict[str, float]) -> dict[str, Any]:
+def _run_and_verify(
+    schema: Any, device: Any, workload: subprocess.Popen[str], tid: int, timings: dict[str, float]
+) -> dict[str, Any]:
     assert workload.stdin and workload.stdout
     trace = tracefs.SyscallTrace()
     trace.start(tid)
@@ -139,14 +163,17 @@ def _run_and_verify(schema: Any, device: Any, workload: subprocess.Popen[str], t
 
     # Oracle: the workload thread's syscall numbers between the markers, driver vs tracefs.
     enter = schema.const("KMX_EVT_SYS_ENTER")
-    driver_seq = marked_sequence([(e.nr, e.args[0]) for e in events if e.tid == tid and e.type == enter],
-                                 nr_of["close"], MARK_BEGIN, MARK_END)
+    driver_seq = marked_sequence(
+        [(e.nr, e.args[0]) for e in events if e.tid == tid and e.type == enter], nr_of["close"], MARK_BEGIN, MARK_END
+    )
     trace_seq = marked_sequence(tracefs.parse_enters(trace_text, tid), nr_of["close"], MARK_BEGIN, MARK_END)
     oracle_ok = driver_seq == trace_seq and len(trace_seq) > 0
     first_diff = None
     if not oracle_ok:
-        index = next((i for i, (a, b) in enumerate(zip(driver_seq, trace_seq, strict=False)) if a != b),
-                     min(len(driver_seq), len(trace_seq)))
+        index = next(
+            (i for i, (a, b) in enumerate(zip(driver_seq, trace_seq, strict=False)) if a != b),
+            min(len(driver_seq), len(trace_seq)),
+        )
         first_diff = {"index": index, "driver": driver_seq[index : index + 5], "tracefs": trace_seq[index : index + 5]}
     drops = sum(s.drops for s in stats)
     monotonic = timestamps_monotonic(events)
@@ -160,8 +187,12 @@ def _run_and_verify(schema: Any, device: Any, workload: subprocess.Popen[str], t
         "verified_calls": verdict.verified,
         "mismatches": verdict.mismatches[:5],
         "first_mismatch": verdict.mismatches[0] if verdict.mismatches else None,
-        "oracle": {"ok": oracle_ok, "driver_count": len(driver_seq), "tracefs_count": len(trace_seq),
-                   "first_difference": first_diff},
+        "oracle": {
+            "ok": oracle_ok,
+            "driver_count": len(driver_seq),
+            "tracefs_count": len(trace_seq),
+            "first_difference": first_diff,
+        },
         "drops": drops,
         "per_cpu": [{"cpu": s.cpu, "events": s.events, "drops": s.drops, "bytes": s.bytes} for s in stats],
         "timestamps_monotonic": not monotonic,

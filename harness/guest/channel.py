@@ -8,9 +8,12 @@ import select
 import termios
 import tty
 from collections import OrderedDict
-from typing import Any
 
 from harness import protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _RESEND_WINDOW = 256
 

@@ -7,8 +7,8 @@ import heapq
 import mmap
 import os
 import struct
-from dataclasses import dataclass
 
+from harness.guest.record import record
 from harness.guest.schema import Decoder, Event, Schema
 
 _INFO = struct.Struct("=IIQQII")
@@ -26,7 +26,7 @@ def ioctl_number(machine: str, direction: str, magic: int, nr: int, size: int) -
     return (bits << (16 + size_bits)) | (size << 16) | (magic << 8) | nr
 
 
-@dataclass(frozen=True)
+@record
 class DeviceInfo:
     schema_version: int
     ncpus: int
@@ -36,7 +36,7 @@ class DeviceInfo:
     capturing: bool
 
 
-@dataclass(frozen=True)
+@record
 class CpuStats:
     cpu: int
     online: bool
@@ -56,16 +56,18 @@ class KmxDevice:
         self.maps: dict[int, mmap.mmap] = {}
         for cpu in range(self.info.ncpus):
             try:
-                self.maps[cpu] = mmap.mmap(self.fd, self.ctrl + self.info.buffer_bytes,
-                                           offset=cpu * self.info.map_stride)
+                self.maps[cpu] = mmap.mmap(
+                    self.fd, self.ctrl + self.info.buffer_bytes, offset=cpu * self.info.map_stride
+                )
             except OSError:
                 continue  # a possible but absent CPU has no buffer
         self.pad_type = schema.const("KMX_EVT_PAD")
         self.header_size = schema.const("KMX_HDR_SIZE")
 
     def _nr(self, name: str, direction: str, size: int) -> int:
-        return ioctl_number(self.machine, direction, self.schema.const("KMX_IOCTL_MAGIC"),
-                            self.schema.const(f"KMX_IOCTL_{name}"), size)
+        return ioctl_number(
+            self.machine, direction, self.schema.const("KMX_IOCTL_MAGIC"), self.schema.const(f"KMX_IOCTL_{name}"), size
+        )
 
     def get_info(self) -> DeviceInfo:
         buf = bytearray(_INFO.size)

@@ -11,9 +11,14 @@ import mmap
 import os
 import re
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from harness.guest.record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 _HEADER_NAME = "kmx_events.h"
 _DEFINE = re.compile(r"^#define\s+(KMX_[A-Z0-9_]+)\s+(\"[^\"]*\"|-?\d+)\s*(?:/\*.*)?$")
@@ -33,14 +38,14 @@ def header_path() -> Path:
     raise FileNotFoundError(f"{_HEADER_NAME} not found (set KMX_SCHEMA_HEADER)")
 
 
-@dataclass(frozen=True)
+@record
 class ParamSpec:
     name: str
     type: str  # STR, BYTES, SOCKADDR, STRV, FD2, U64, S64
     source: str  # argN, argN/lenM, argN/ret, argN/*lenM, argN/16
 
 
-@dataclass(frozen=True)
+@record
 class SyscallSpec:
     id: int
     name: str
@@ -56,14 +61,11 @@ def _params(text: str) -> tuple[ParamSpec, ...]:
     return tuple(specs)
 
 
-@dataclass
 class Schema:
-    defines: dict[str, int | str]
-    syscalls: dict[int, SyscallSpec]
-    by_name: dict[str, SyscallSpec] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.by_name = {spec.name: spec for spec in self.syscalls.values()}
+    def __init__(self, defines: dict[str, int | str], syscalls: dict[int, SyscallSpec]) -> None:
+        self.defines = defines
+        self.syscalls = syscalls
+        self.by_name = {spec.name: spec for spec in syscalls.values()}
 
     def const(self, name: str) -> int:
         value = self.defines[name]
@@ -96,12 +98,13 @@ def load_schema(path: Path | None = None) -> Schema:
         syscalls[spec.id] = spec
     schema = Schema(defines, syscalls)
     if schema.header_struct.size != schema.const("KMX_HDR_SIZE"):
-        raise ValueError(f"KMX_HDR_FORMAT is {schema.header_struct.size} bytes, KMX_HDR_SIZE says "
-                         f"{schema.const('KMX_HDR_SIZE')}")
+        raise ValueError(
+            f"KMX_HDR_FORMAT is {schema.header_struct.size} bytes, KMX_HDR_SIZE says {schema.const('KMX_HDR_SIZE')}"
+        )
     return schema
 
 
-@dataclass(frozen=True)
+@record
 class Param:
     type: str
     flags: int
@@ -116,7 +119,7 @@ class Param:
         return bool(self.flags & 2)
 
 
-@dataclass(frozen=True)
+@record
 class Event:
     ts_ns: int
     tid: int
@@ -155,8 +158,9 @@ class Decoder:
         self._s64 = struct.Struct(byteorder + "q")
         self._fd2 = struct.Struct(byteorder + "ii")
 
-    def decode(self, data: bytes | bytearray | memoryview | mmap.mmap, offset: int = 0,
-               cpu: int = -1) -> tuple[Event, int]:
+    def decode(
+        self, data: bytes | bytearray | memoryview | mmap.mmap, offset: int = 0, cpu: int = -1
+    ) -> tuple[Event, int]:
         """The event at offset and its total length (hdr.len)."""
         ts, tid, pid, length, kind, nparams = self.header.unpack_from(data, offset)
         if length < self.header.size or nparams > 64:
@@ -188,8 +192,9 @@ class Decoder:
         return payload
 
 
-def encode_event(schema: Schema, ts: int, tid: int, pid: int, kind: int,
-                 params: list[tuple[str, int, bytes]], byteorder: str = "=") -> bytes:
+def encode_event(
+    schema: Schema, ts: int, tid: int, pid: int, kind: int, params: list[tuple[str, int, bytes]], byteorder: str = "="
+) -> bytes:
     """Build an event exactly as the drivers do (for tests and the fault drills)."""
     codes = {v: k for k, v in schema.param_types.items()}
     bodies = [bytes([codes[ptype], flags]) + payload for ptype, flags, payload in params]

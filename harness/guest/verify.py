@@ -8,26 +8,29 @@ exit event with the same number, the return value the workload saw and the decod
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any
 
 from harness.guest.schema import Event, Schema
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass
+
 class Verdict:
-    verified: int = 0
-    expected: int = 0
-    mismatches: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, expected: int = 0) -> None:
+        self.verified = 0
+        self.expected = expected
+        self.mismatches: list[dict[str, Any]] = []
+        self.notes: list[str] = []
 
     @property
     def ok(self) -> bool:
         return not self.mismatches and self.verified == self.expected
 
     def fail(self, call: dict[str, Any], what: str, expected: Any, got: Any) -> None:
-        self.mismatches.append({"call": call["name"], "tid": call["tid"], "what": what,
-                                "expected": expected, "got": got})
+        self.mismatches.append(
+            {"call": call["name"], "tid": call["tid"], "what": what, "expected": expected, "got": got}
+        )
 
 
 def normalize(value: Any) -> Any:
@@ -62,8 +65,9 @@ def verify_calls(schema: Schema, events: list[Event], calls: list[dict[str, Any]
         names = [call["name"], *call.get("alt", [])]
         wanted = {nr_of[n] for n in names if n in nr_of}
         start = cursor[call["tid"]]
-        found = next((i for i in range(start, len(stream))
-                      if stream[i].type == enter_type and stream[i].nr in wanted), None)
+        found = next(
+            (i for i in range(start, len(stream)) if stream[i].type == enter_type and stream[i].nr in wanted), None
+        )
         if found is None:
             verdict.fail(call, "enter event", f"{'/'.join(names)} on tid {call['tid']}", "none found")
             continue
@@ -78,8 +82,9 @@ def verify_calls(schema: Schema, events: list[Event], calls: list[dict[str, Any]
                 break
         else:
             spec = schema.by_name.get(enter_name(names, nr_of, enter.nr))
-            ok = _check_named(verdict, call, "enter", call["enter"], _named(enter, spec.enter if spec else (),
-                                                                            enter_fixed))
+            ok = _check_named(
+                verdict, call, "enter", call["enter"], _named(enter, spec.enter if spec else (), enter_fixed)
+            )
             if ok and (exit_event is None or exit_event.type != exit_type or exit_event.nr != enter.nr):
                 got = None if exit_event is None else f"type {exit_event.type} nr {exit_event.nr}"
                 verdict.fail(call, "exit event after enter", f"exit of nr {enter.nr}", got)
@@ -87,8 +92,9 @@ def verify_calls(schema: Schema, events: list[Event], calls: list[dict[str, Any]
             if ok and exit_event is not None:
                 if exit_event.ret != call["ret"]:
                     verdict.fail(call, "return value", call["ret"], exit_event.ret)
-                elif _check_named(verdict, call, "exit", call["exit"],
-                                  _named(exit_event, spec.exit if spec else (), exit_fixed)):
+                elif _check_named(
+                    verdict, call, "exit", call["exit"], _named(exit_event, spec.exit if spec else (), exit_fixed)
+                ):
                     verdict.verified += 1
     return verdict
 
@@ -97,8 +103,9 @@ def enter_name(names: list[str], nr_of: dict[str, int], nr: int) -> str:
     return next((n for n in names if nr_of.get(n) == nr), names[0])
 
 
-def _check_named(verdict: Verdict, call: dict[str, Any], side: str, expected: dict[str, Any],
-                 got: dict[str, Any]) -> bool:
+def _check_named(
+    verdict: Verdict, call: dict[str, Any], side: str, expected: dict[str, Any], got: dict[str, Any]
+) -> bool:
     for name, value in expected.items():
         if got.get(name) != value:
             verdict.fail(call, f"{side} param {name}", value, got.get(name, "missing"))

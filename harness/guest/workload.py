@@ -17,7 +17,11 @@ import os
 import struct
 import sys
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 MASK = (1 << 64) - 1
 AT_FDCWD = -100
@@ -63,20 +67,31 @@ class Workload:
     def has(self, name: str) -> bool:
         return name in self.nr
 
-    def sys(self, name: str, *args: int, enter: dict[str, Any] | None = None,
-            exit: dict[str, Any] | None = None, check_args: tuple[int, ...] | None = None,
-            tid: int | None = None) -> int:
+    def sys(
+        self,
+        name: str,
+        *args: int,
+        enter: dict[str, Any] | None = None,
+        exit: dict[str, Any] | None = None,
+        check_args: tuple[int, ...] | None = None,
+        tid: int | None = None,
+    ) -> int:
         """Make the syscall, record what the drivers must report, return the kernel's return value."""
         ctypes.set_errno(0)
         raw = self.libc.syscall(ctypes.c_long(self.nr[name]), *(ctypes.c_long(a) for a in args))
         ret = -ctypes.get_errno() if raw == -1 and ctypes.get_errno() else int(raw)
         indexes = range(len(args)) if check_args is None else check_args
-        self.calls.append({
-            "name": name, "nr": self.nr[name], "tid": tid or self.tid, "ret": ret,
-            "args": {str(i): args[i] & MASK for i in indexes},
-            "enter": {k: encode(v) for k, v in (enter or {}).items()},
-            "exit": {k: encode(v) for k, v in (exit or {}).items()},
-        })
+        self.calls.append(
+            {
+                "name": name,
+                "nr": self.nr[name],
+                "tid": tid or self.tid,
+                "ret": ret,
+                "args": {str(i): args[i] & MASK for i in indexes},
+                "enter": {k: encode(v) for k, v in (enter or {}).items()},
+                "exit": {k: encode(v) for k, v in (exit or {}).items()},
+            }
+        )
         return ret
 
     def buf(self, data: bytes | int) -> ctypes.Array[ctypes.c_char]:
@@ -188,11 +203,28 @@ class Workload:
         child = os.fork()  # glibc's fork is the clone syscall
         if child == 0:
             os.execv("/bin/busybox", ["busybox", "true", f"exec-sentinel-{t}"])
-        self.calls.insert(before, {"name": "clone", "alt": ["clone3", "fork"], "tid": self.tid, "ret": child,
-                                   "args": {}, "enter": {}, "exit": {}})
-        self.calls.append({"name": "execve", "tid": child, "ret": 0, "args": {},
-                           "enter": {"filename": "/bin/busybox", "argv": ["busybox", "true", f"exec-sentinel-{t}"]},
-                           "exit": {}})
+        self.calls.insert(
+            before,
+            {
+                "name": "clone",
+                "alt": ["clone3", "fork"],
+                "tid": self.tid,
+                "ret": child,
+                "args": {},
+                "enter": {},
+                "exit": {},
+            },
+        )
+        self.calls.append(
+            {
+                "name": "execve",
+                "tid": child,
+                "ret": 0,
+                "args": {},
+                "enter": {"filename": "/bin/busybox", "argv": ["busybox", "true", f"exec-sentinel-{t}"]},
+                "exit": {},
+            }
+        )
         status = ctypes.c_int(0)
         self._keep.append(status)
         self.sys("wait4", child, ctypes.addressof(status), 0, 0, check_args=(0, 1, 2))
@@ -200,8 +232,18 @@ class Workload:
         sleeper = os.fork()
         if sleeper == 0:
             os.execv("/bin/busybox", ["busybox", "sleep", "30"])
-        self.calls.insert(len(self.calls), {"name": "clone", "alt": ["clone3", "fork"], "tid": self.tid,
-                                            "ret": sleeper, "args": {}, "enter": {}, "exit": {}})
+        self.calls.insert(
+            len(self.calls),
+            {
+                "name": "clone",
+                "alt": ["clone3", "fork"],
+                "tid": self.tid,
+                "ret": sleeper,
+                "args": {},
+                "enter": {},
+                "exit": {},
+            },
+        )
         self.sys("kill", sleeper, SIGKILL)
         self.sys("wait4", sleeper, ctypes.addressof(status), 0, 0, check_args=(0, 1, 2))
 
