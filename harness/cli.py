@@ -268,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for note in notes:
                 ws.say(f"{cell.arch} {cell.driver}: {note}")
         ws.say(f"[bold]{cell.id}[/]: running")
-        if ws.matrix.drivers[cell.driver].kind == "kmod" and cell.suite == "capture":
+        if cell.suite == "capture":
             result = run_capture_cell(ws, cell, run_dir, fault=args.fault)
         else:
             result = CellResult(cell.id, cell.arch, cell.kernel.label, cell.driver, cell.suite, status="skip",

@@ -23,9 +23,13 @@ import ctypes
 import errno as _errno
 import os
 import re
+import struct
 import time
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
 
@@ -34,6 +38,10 @@ _LEVELS = {0: "warn", 1: "info", 2: "debug"}
 # BPF_LOG_STATS: the verifier appends only its statistics (processed insns, time) to the log.
 _BPF_LOG_STATS = 4
 _STATS_LOG_SIZE = 1 << 16
+# After a failed load, the object is loaded again with the verifier's full log (level 1) in
+# buffers of this size per program, read directly (libbpf's own printing cuts long messages).
+_FULL_LOG_SIZE = 16 << 20
+_PRINT_BUF_SIZE = 1 << 16
 _PROCESSED = re.compile(r"processed (\d+) insns")
 _VERIFY_TIME = re.compile(r"verification time (\d+) usec")
 
@@ -156,9 +164,11 @@ def _print(level: int, fmt: bytes | None, args: int | None) -> int:
     # reference (arm64): in every case a pointer-sized value that vsnprintf takes as it came.
     try:
         assert _libc is not None
-        buf = ctypes.create_string_buffer(8192)
-        _libc.vsnprintf(buf, len(buf), fmt, args)
+        buf = _print_buf
+        needed = _libc.vsnprintf(buf, len(buf), fmt, args)
         text = buf.value.decode(errors="replace")
+        if needed >= len(buf):
+            text += f"... [{needed - len(buf) + 1} more bytes]"
         prefix = _LEVELS.get(level, str(level))
         for line in text.rstrip("\n").split("\n"):
             _recent.append(line)
@@ -171,6 +181,7 @@ def _print(level: int, fmt: bytes | None, args: int | None) -> int:
 
 
 _PRINTER = _PRINT_FN(_print)
+_print_buf = ctypes.create_string_buffer(_PRINT_BUF_SIZE)
 
 
 def _errno_text(code: int) -> str:
@@ -190,7 +201,7 @@ class RingBuffer:
 
         def sample(_ctx: int | None, data: int | None, size: int) -> int:
             try:
-                self._on_event(ctypes.string_at(data, size))
+                self._on_event(ctypes.string_at(data or 0, size))
             except BaseException as error:  # stop consuming; re-raised by poll/consume
                 self.error = error
                 return -1
@@ -234,7 +245,7 @@ class PerfBuffer:
             if self.error is not None:
                 return
             try:
-                on_event(cpu, ctypes.string_at(data, size))
+                on_event(cpu, ctypes.string_at(data or 0, size))
             except BaseException as error:
                 self.error = error
 
@@ -274,8 +285,6 @@ class PerfBuffer:
 
 def parse_prog_info(raw: bytes) -> dict[str, Any]:
     """The fields of struct bpf_prog_info read here, from its bytes (native order)."""
-    import struct
-
     padded = raw.ljust(PROG_INFO_SIZE, b"\0")
     info: dict[str, Any] = {}
     for field, (offset, fmt) in PROG_INFO_OFFSETS.items():
@@ -323,7 +332,8 @@ class BpfObject:
         return ("\nlibbpf:\n" + "\n".join(_recent[-lines:])) if _recent else ""
 
     def _programs(self) -> list[int]:
-        progs, prog = [], None
+        progs: list[int] = []
+        prog = None
         while True:
             prog = self.lib.bpf_object__next_program(self.obj, prog)
             if not prog:
@@ -331,7 +341,8 @@ class BpfObject:
             progs.append(prog)
 
     def _maps(self) -> list[int]:
-        maps, m = [], None
+        maps: list[int] = []
+        m = None
         while True:
             m = self.lib.bpf_object__next_map(self.obj, m)
             if not m:
@@ -387,13 +398,9 @@ class BpfObject:
         started = time.monotonic()
         ret = self._call(self.lib.bpf_object__load, self.obj)
         seconds = time.monotonic() - started
-        if ret < 0 and self.stats_log:
-            # With a log level set libbpf does not retry for the verifier's full log: do it here.
-            self.log(f"warn: load failed ({_errno_text(ret)}); loading again for the verifier's full log")
-            self._reopen()
-            ret = self._call(self.lib.bpf_object__load, self.obj)
         if ret < 0:
-            raise BpfError(f"bpf_object__load({os.path.basename(self.path)}): {_errno_text(ret)}" + self._tail())
+            raise BpfError(f"bpf_object__load({os.path.basename(self.path)}): {_errno_text(ret)}"
+                           + self._failure_log(ret))
         self._loaded = True
         programs = {}
         for prog in self._programs():
@@ -408,6 +415,31 @@ class BpfObject:
             programs[name] = entry
         self._log_bufs.clear()
         self.load_info = {"seconds": round(seconds, 6), "libbpf": libbpf_version(), "programs": programs}
+
+    def _failure_log(self, ret: int, lines: int = 60) -> str:
+        """Load again with the verifier's full log in our own buffers: its last lines, per failing program."""
+        first = self._tail(15)
+        if not hasattr(self.lib, "bpf_program__set_log_buf"):
+            return first
+        self.log(f"warn: load failed ({_errno_text(ret)}); loading again for the verifier's full log")
+        self._reopen()
+        bufs = {}
+        for prog in self._programs():
+            buf = ctypes.create_string_buffer(_FULL_LOG_SIZE)
+            if self.lib.bpf_program__set_log_buf(prog, buf, len(buf)) == 0:
+                self.lib.bpf_program__set_log_level(prog, 1)
+                bufs[self.lib.bpf_program__name(prog).decode()] = buf
+        self._call(self.lib.bpf_object__load, self.obj)
+        parts = [first]
+        for name, buf in bufs.items():
+            text = buf.value.decode(errors="replace").rstrip("\n")
+            if not text:
+                continue
+            for line in text.split("\n")[-400:]:
+                self.log(f"verifier {name}: {line}")
+            tail = text.split("\n")[-lines:]
+            parts.append(f"\nverifier log of {name} (last {len(tail)} lines):\n" + "\n".join(tail))
+        return "".join(parts)
 
     def _want_stats(self) -> None:
         if not hasattr(self.lib, "bpf_program__set_log_buf"):

@@ -1,0 +1,415 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kmx modern probe: CO-RE BPF on the raw syscall tracepoints (tp_btf/sys_enter, tp_btf/sys_exit),
+ * one event per enter and exit into a BPF ring buffer, byte for byte the kernel module's events
+ * (drivers/common/kmx_events.h: header, u16 length array, typed params, 8-byte padding).
+ *
+ * An event is built in a per-CPU scratch map value (the BPF stack is 512 bytes, an event up to
+ * ~8.4 KiB at the largest snapshot length), then copied into the ring with bpf_ringbuf_output;
+ * a full ring drops the event and counts it in the per-CPU `counters` map. Every write into the
+ * scratch area is at an offset masked with KMX_SCRATCH_MASK and of a length masked with
+ * KMX_LEN_MASK, so the verifier (5.10 and later) can prove it in bounds whatever it knows of the
+ * position: the area is KMX_SCRATCH_MASK + 1 + KMX_LEN_MASK + 1 bytes. Multi-byte fields after the
+ * header are written with byte-wise copies (no alignment assumptions: riscv64 verifies with
+ * strict alignment).
+ *
+ * Configuration is `const volatile` in .rodata, set by the loader before load (the verifier then
+ * knows it as constants): snapshot length, target tgid (its threads and its direct children, the
+ * module's SET_FILTER_TGID rule), sampling 1 in N syscalls (enter and exit kept as a pair).
+ * Capturing on/off is attaching/detaching the programs.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "kmx_events.h"
+#include "kmx_modern.h"
+#include "arch.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* The loader's configuration: alone in .rodata (the decode tables live in .rodata.kmx_decode). */
+const volatile struct kmx_modern_config kmx_config = {
+	.snaplen = KMX_SNAPLEN_DEFAULT,
+	.sample_every = 1,
+	.filter_tgid = 0,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, KMX_MODERN_RING_DEFAULT);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kmx_modern_counters);
+} counters SEC(".maps");
+
+struct kmx_scratch {
+	__u64 data[KMX_SCRATCH_SIZE / 8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kmx_scratch);
+} scratch SEC(".maps");
+
+/* Threads whose current syscall's enter event was sampled (so its exit is kept too). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} sampled SEC(".maps");
+
+/* An event being built at the start of the scratch area. */
+struct kmx_writer {
+	__u8 *buf;
+	__u32 pos;      /* next param byte */
+	__u32 index;    /* next param */
+	__u32 snaplen;
+};
+
+#define KMX_U64_PARAM (2 + 8)
+
+/*
+ * Offsets into the scratch area and lengths copied into it, masked so the verifier sees them
+ * bounded. barrier_var() first: otherwise the compiler drops a mask it can prove useless (a
+ * length already clamped to the snapshot length) or applies it to a copy of the register the
+ * helper then gets, and older verifiers (5.10, 6.1) cannot bound the one passed.
+ */
+static __always_inline __u32 kmx_pos(__u32 x)
+{
+	barrier_var(x);
+	return x & KMX_SCRATCH_MASK;
+}
+
+static __always_inline __u32 kmx_len(__u32 x)
+{
+	barrier_var(x);
+	return x & KMX_LEN_MASK;
+}
+
+#define KMX_POS(x) kmx_pos(x)
+#define KMX_LEN(x) kmx_len(x)
+
+static __always_inline void kmx_param_open(struct kmx_writer *w, __u8 type, __u8 flags)
+{
+	w->buf[KMX_POS(w->pos)] = type;
+	w->buf[KMX_POS(w->pos + 1)] = flags;
+}
+
+static __always_inline void kmx_set_flags(struct kmx_writer *w, __u8 flags)
+{
+	w->buf[KMX_POS(w->pos + 1)] = flags;
+}
+
+static __always_inline void kmx_param_close(struct kmx_writer *w, __u32 payload)
+{
+	__u16 len = (__u16)(payload + 2);
+
+	__builtin_memcpy(&w->buf[KMX_POS(KMX_HDR_SIZE + 2 * (w->index & 15))], &len, sizeof(len));
+	w->pos += payload + 2;
+	w->index++;
+}
+
+static __always_inline void kmx_put_u64(struct kmx_writer *w, __u8 type, __u64 value)
+{
+	kmx_param_open(w, type, 0);
+	__builtin_memcpy(&w->buf[KMX_POS(w->pos + 2)], &value, sizeof(value));
+	kmx_param_close(w, 8);
+}
+
+static __always_inline void kmx_put_empty(struct kmx_writer *w, __u8 type, __u8 flags)
+{
+	kmx_param_open(w, type, flags);
+	kmx_param_close(w, 0);
+}
+
+/* `len` bytes of user memory at ptr, cut at the snapshot length. */
+static __always_inline void kmx_put_user_bytes(struct kmx_writer *w, __u8 type, __u64 ptr, __u64 len)
+{
+	__u32 n = len > w->snaplen ? w->snaplen : (__u32)len;
+	__u8 flags = 0;
+
+	if (n && bpf_probe_read_user(&w->buf[KMX_POS(w->pos + 2)], KMX_LEN(n), (const void *)ptr)) {
+		flags = KMX_PF_FAULT;
+		n = 0;
+	} else if (len > w->snaplen) {
+		flags = KMX_PF_TRUNC;
+	}
+	kmx_param_open(w, type, flags);
+	kmx_param_close(w, n);
+}
+
+/* A buffer whose length is the int at user address plen (accept's addrlen, read at exit). */
+static __always_inline void kmx_put_user_bytes_plen(struct kmx_writer *w, __u8 type, __u64 ptr, __u64 plen)
+{
+	__u32 len = 0;
+
+	if (bpf_probe_read_user(&len, sizeof(len), (const void *)plen)) {
+		kmx_put_empty(w, type, KMX_PF_FAULT);
+		return;
+	}
+	kmx_put_user_bytes(w, type, ptr, len);
+}
+
+/*
+ * A NUL-terminated user string at offset `at` of the scratch area: its length without the NUL,
+ * at most max (*trunc set when it was longer), or -1 when the copy faulted. Reading max + 2 bytes
+ * (max + 1 characters and the NUL bpf_probe_read_user_str always writes) tells "exactly max"
+ * from "longer", like the module's strncpy of max + 1.
+ */
+static __always_inline long kmx_user_string(struct kmx_writer *w, __u32 at, __u64 ptr, __u32 max, bool *trunc)
+{
+	long got = bpf_probe_read_user_str(&w->buf[KMX_POS(at)], KMX_LEN(max + 2), (const void *)ptr);
+
+	if (got < 0)
+		return -1;
+	got = got > 0 ? got - 1 : 0;
+	if (got > max) {
+		*trunc = true;
+		return max;
+	}
+	return got;
+}
+
+static __always_inline void kmx_put_str(struct kmx_writer *w, __u64 ptr)
+{
+	bool trunc = false;
+	long n = kmx_user_string(w, w->pos + 2, ptr, w->snaplen, &trunc);
+	__u8 flags = 0;
+
+	if (n < 0) {
+		flags = KMX_PF_FAULT;
+		n = 0;
+	} else if (trunc) {
+		flags = KMX_PF_TRUNC;
+	}
+	kmx_param_open(w, KMX_PT_STR, flags);
+	kmx_param_close(w, (__u32)n & KMX_LEN_MASK);
+}
+
+/* argv: up to KMX_STRV_MAX_ARGS strings joined by NUL (no trailing NUL), cut at snaplen. */
+static __always_inline void kmx_put_strv(struct kmx_writer *w, __u64 ptr)
+{
+	__u32 start = w->pos + 2;
+	__u32 snaplen = w->snaplen;
+	__u32 used = 0;
+	__u8 flags = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i <= KMX_STRV_MAX_ARGS; i++) {
+		__u64 str = 0;
+		bool trunc = false;
+		long n;
+
+		if (bpf_probe_read_user(&str, sizeof(str), (const void *)(ptr + i * sizeof(str)))) {
+			flags = KMX_PF_FAULT;
+			break;
+		}
+		if (!str)
+			break;
+		if (i == KMX_STRV_MAX_ARGS || (i > 0 && used >= snaplen)) {
+			flags = KMX_PF_TRUNC;
+			break;
+		}
+		if (i > 0) {
+			w->buf[KMX_POS(start + used)] = '\0';
+			used++;
+		}
+		n = kmx_user_string(w, start + used, str, (snaplen - used) & KMX_LEN_MASK, &trunc);
+		if (n < 0) {
+			flags = KMX_PF_FAULT;
+			break;
+		}
+		used = (used + (__u32)n) & KMX_LEN_MASK;
+		if (trunc) {
+			flags = KMX_PF_TRUNC;
+			break;
+		}
+	}
+	if (flags == KMX_PF_FAULT)
+		used = 0;
+	kmx_param_open(w, KMX_PT_STRV, flags);
+	kmx_param_close(w, used);
+}
+
+/* pipe/pipe2: the two __s32 descriptors the kernel wrote (read at exit). */
+static __always_inline void kmx_put_fd2(struct kmx_writer *w, __u64 ptr)
+{
+	if (bpf_probe_read_user(&w->buf[KMX_POS(w->pos + 2)], 8, (const void *)ptr)) {
+		kmx_put_empty(w, KMX_PT_FD2, KMX_PF_FAULT);
+		return;
+	}
+	kmx_param_open(w, KMX_PT_FD2, 0);
+	kmx_param_close(w, 8);
+}
+
+#include "kmx_modern_decode.h"
+
+static __always_inline bool kmx_wanted(__u64 pid_tgid)
+{
+	__u64 filter = kmx_config.filter_tgid;
+	struct task_struct *task;
+
+	if (!filter || (pid_tgid >> 32) == filter)
+		return true;
+	task = (struct task_struct *)bpf_get_current_task();
+	return (__u64)BPF_CORE_READ(task, real_parent, tgid) == filter;
+}
+
+static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, long ret, __u64 pid_tgid)
+{
+	struct kmx_modern_counters *count;
+	struct kmx_scratch *area;
+	struct kmx_writer w;
+	struct kmx_hdr_words *hdr;
+	__u64 args[6];
+	__u32 zero = 0, id = 0, ndecoded = 0, nparams, snaplen, len;
+	bool compat;
+
+	area = bpf_map_lookup_elem(&scratch, &zero);
+	count = bpf_map_lookup_elem(&counters, &zero);
+	if (!area || !count)
+		return;
+
+	/*
+	 * Table indexes are masked after barrier_var(): the compiler may test one copy of a value and
+	 * index with another, which the verifier then sees unbounded.
+	 */
+	compat = kmx_compat_syscall();
+	if (!compat && nr >= 0 && nr < KMX_NR_TABLE) {
+		__u64 at = nr;
+
+		barrier_var(at);
+		id = kmx_nr_to_id[at & (KMX_NR_TABLE - 1)];
+	}
+	if (id && id < KMX_SC_MAX) {
+		__u32 at = id;
+		__u8 both;
+
+		barrier_var(at); /* the compiler forgets what it knows of `at`: the mask stays */
+		both = kmx_n_decoded[at & (KMX_ID_TABLE - 1)];
+
+		ndecoded = type == KMX_EVT_SYS_ENTER ? (both & 15) : (both >> 4);
+	} else {
+		id = 0;
+	}
+	nparams = (type == KMX_EVT_SYS_ENTER ? KMX_ENTER_FIXED : KMX_EXIT_FIXED) + (ndecoded & 3);
+	snaplen = kmx_config.snaplen;
+	if (snaplen < 1)
+		snaplen = 1;
+	if (snaplen > KMX_SNAPLEN_MAX)
+		snaplen = KMX_SNAPLEN_MAX;
+
+	kmx_get_args(regs, args, compat);
+	w.buf = (__u8 *)area->data;
+	w.index = 0;
+	w.pos = KMX_HDR_SIZE + 2 * nparams;
+	w.snaplen = snaplen;
+
+	kmx_put_u64(&w, KMX_PT_U64, (__u64)nr);
+	kmx_put_u64(&w, KMX_PT_U64, id);
+	if (type == KMX_EVT_SYS_ENTER) {
+		__u64 a0 = args[0], a2 = args[2];
+
+#ifdef KMX_FAULT_SWAP_ARGS
+		/* Test-only fault (harness/build/bpf_modern.py fault="swap_args"): a capture suite must fail. */
+		if (id == 3) {
+			a0 = args[2];
+			a2 = args[0];
+		}
+#endif
+		kmx_put_u64(&w, KMX_PT_U64, a0);
+		kmx_put_u64(&w, KMX_PT_U64, args[1]);
+		kmx_put_u64(&w, KMX_PT_U64, a2);
+		kmx_put_u64(&w, KMX_PT_U64, args[3]);
+		kmx_put_u64(&w, KMX_PT_U64, args[4]);
+		kmx_put_u64(&w, KMX_PT_U64, args[5]);
+		if (ndecoded)
+			kmx_decode_enter(&w, id, args);
+	} else {
+		kmx_put_u64(&w, KMX_PT_S64, (__u64)ret);
+		if (ndecoded)
+			kmx_decode_exit(&w, id, args, ret);
+	}
+
+	/* Zero the padding up to the next multiple of KMX_ALIGN, then the header. */
+	__builtin_memset(&w.buf[KMX_POS(w.pos)], 0, KMX_ALIGN);
+	len = (w.pos + KMX_ALIGN - 1) & ~(__u32)(KMX_ALIGN - 1);
+	hdr = (struct kmx_hdr_words *)area->data;
+	hdr->ts_ns = bpf_ktime_get_ns();
+	hdr->tid = (__u32)pid_tgid;
+	hdr->pid = pid_tgid >> 32;
+	hdr->len = len;
+	hdr->type = type;
+	hdr->nparams = nparams;
+
+	len = kmx_pos(len);
+	if (bpf_ringbuf_output(&events, area->data, len, 0)) {
+		count->drops++;
+		return;
+	}
+	count->events++;
+	count->bytes += len;
+}
+
+/* Sampling 1 in N syscalls: decided at enter (per-CPU counter), remembered for the exit. */
+static __always_inline bool kmx_sample_enter(__u64 pid_tgid)
+{
+	struct kmx_modern_counters *count;
+	__u32 zero = 0, tid = (__u32)pid_tgid;
+	__u8 one = 1;
+
+	if (kmx_config.sample_every <= 1)
+		return true;
+	count = bpf_map_lookup_elem(&counters, &zero);
+	if (!count)
+		return false;
+	if (count->seen++ % kmx_config.sample_every) {
+		bpf_map_delete_elem(&sampled, &tid);
+		count->sampled_out++;
+		return false;
+	}
+	bpf_map_update_elem(&sampled, &tid, &one, BPF_ANY);
+	return true;
+}
+
+static __always_inline bool kmx_sample_exit(__u64 pid_tgid)
+{
+	__u32 tid = (__u32)pid_tgid;
+
+	if (kmx_config.sample_every <= 1)
+		return true;
+	return bpf_map_delete_elem(&sampled, &tid) == 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(kmx_sys_enter, struct pt_regs *regs, long id)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if (id < 0 || !kmx_wanted(pid_tgid) || !kmx_sample_enter(pid_tgid))
+		return 0;
+	kmx_emit(regs, KMX_EVT_SYS_ENTER, id, 0, pid_tgid);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(kmx_sys_exit, struct pt_regs *regs, long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	long nr = kmx_exit_nr(regs);
+
+	if (nr < 0 || !kmx_wanted(pid_tgid) || !kmx_sample_exit(pid_tgid))
+		return 0;
+	kmx_emit(regs, KMX_EVT_SYS_EXIT, nr, ret, pid_tgid);
+	return 0;
+}

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * What the modern probe shares with its loader (harness/guest/bpfdev.py packs and reads these
+ * structs in native byte order: keep the two in step, and each define on one line).
+ */
+#ifndef KMX_MODERN_H
+#define KMX_MODERN_H
+
+/* .rodata, set before load (bpfdev packs it as "IIQ"). */
+struct kmx_modern_config {
+	__u32 snaplen;          /* bytes copied per buffer or string: 1..KMX_SNAPLEN_MAX */
+	__u32 sample_every;     /* keep 1 syscall in N (enter and exit together); 0 or 1: all */
+	__u64 filter_tgid;      /* 0: every process; else that process's threads and its direct children */
+};
+
+/* The `counters` per-CPU array's one value (bpfdev reads it as "QQQQQ" per CPU). */
+struct kmx_modern_counters {
+	__u64 events;           /* events written into the ring */
+	__u64 drops;            /* events dropped: the ring was full */
+	__u64 bytes;            /* bytes written */
+	__u64 seen;             /* syscalls considered by sampling (sample_every > 1 only) */
+	__u64 sampled_out;      /* syscalls left out by sampling */
+};
+
+/* struct kmx_event_hdr with its natural alignment (same layout, no padding): aligned stores. */
+struct kmx_hdr_words {
+	__u64 ts_ns;
+	__u64 tid;
+	__u64 pid;
+	__u32 len;
+	__u16 type;
+	__u16 nparams;
+};
+
+/* Per-CPU scratch area: positions are masked to KMX_SCRATCH_MASK, lengths to KMX_LEN_MASK. */
+#define KMX_SCRATCH_MASK 16383
+#define KMX_LEN_MASK 8191
+#define KMX_SCRATCH_SIZE 24576
+#define KMX_MODERN_RING_DEFAULT 8388608
+
+_Static_assert(sizeof(struct kmx_hdr_words) == KMX_HDR_SIZE, "header layout");
+_Static_assert(KMX_SCRATCH_SIZE >= KMX_SCRATCH_MASK + 1 + KMX_LEN_MASK + 1, "scratch bounds");
+_Static_assert(KMX_LEN_MASK >= KMX_SNAPLEN_MAX + 2, "length mask");
+
+#endif /* KMX_MODERN_H */
