@@ -61,7 +61,7 @@ def boot(session: nox.Session, arch: str) -> None:
 @nox.session(default=False)
 @nox.parametrize("arch", [nox.param(arch, id=arch, tags=[f"arch_{arch}"]) for arch in ARCHS])
 def matrix(session: nox.Session, arch: str) -> None:
-    """The capture suite (kmod; the BPF probes when they land) on every kernel of one architecture."""
+    """The capture suite with every driver on every kernel of one architecture."""
     _install(session)
-    session.run("pytest", "-m", "vm", "tests/integration/test_capture_kmod.py", "--kmatrix-profile", "full",
+    session.run("pytest", "-m", "vm", "tests/integration/test_capture.py", "--kmatrix-profile", "full",
                 "--kmatrix-arch", arch, *session.posargs)

@@ -44,8 +44,8 @@ def selected_boot_targets(config: pytest.Config) -> list[tuple[str, str]]:
     return pairs
 
 
-def selected_cells(config: pytest.Config, driver_kind: str, suite: str) -> list[object]:
-    """Cells of the chosen profile for one driver kind and suite."""
+def selected_cells(config: pytest.Config, driver_kind: str | None, suite: str) -> list[object]:
+    """Cells of the chosen profile for one suite (and one driver kind, or every kind)."""
     from harness.matrix import load_matrix
     from harness.paths import default_matrix_path
 
@@ -53,14 +53,14 @@ def selected_cells(config: pytest.Config, driver_kind: str, suite: str) -> list[
     arch_filter = config.getoption("--kmatrix-arch")
     wanted = [a.strip() for a in arch_filter.split(",")] if arch_filter else None
     return [cell for cell in matrix.cells(config.getoption("--kmatrix-profile"))
-            if cell.suite == suite and matrix.drivers[cell.driver].kind == driver_kind
+            if cell.suite == suite and driver_kind in (None, matrix.drivers[cell.driver].kind)
             and (not wanted or cell.arch in wanted)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "kmod_capture_cell" in metafunc.fixturenames:
-        cells = selected_cells(metafunc.config, "kmod", "capture")
-        metafunc.parametrize("kmod_capture_cell", [
+    if "capture_cell" in metafunc.fixturenames:
+        cells = selected_cells(metafunc.config, None, "capture")
+        metafunc.parametrize("capture_cell", [
             pytest.param(cell, id=cell.id, marks=[getattr(pytest.mark, f"arch_{cell.arch}")])  # type: ignore[attr-defined]
             for cell in cells
         ])

@@ -21,8 +21,8 @@ from harness.debian import DebianRepo, Package, gpgv_accepts, host_mirror, parse
 from harness.errors import ConfigError, FetchError
 
 pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("gpg", "gpgv", "dpkg-deb", "gpgconf")),
-    reason="needs gpg, gpgv and dpkg-deb",
+    not all(shutil.which(tool) for tool in ("gpg", "gpg-agent", "gpgv", "dpkg-deb", "gpgconf")),
+    reason="needs gpg, gpg-agent, gpgv and dpkg-deb (./bootstrap installs them)",
 )
 
 
