@@ -59,7 +59,8 @@ def build_driver(ws: Workspace, kind: str, cell: Cell, fault: str | None) -> Dri
         from harness.build.bpf_legacy import build_legacy_bpf
 
         legacy = build_legacy_bpf(ws.repo, arch, str(suite), ws.cache, fault=fault, log=ws.say)
-        return DriverArtifact(legacy.obj, f"{GUEST_DRIVER_DIR}/kmx_legacy.bpf.o", legacy.cached, legacy.compiler)
+        return DriverArtifact(legacy.obj, f"{GUEST_DRIVER_DIR}/kmx_legacy.bpf.o", legacy.cached, legacy.compiler,
+                              {"attach": legacy.attach, "programs": legacy.programs})
     raise BuildError(f"unknown driver kind {kind!r}")
 
 

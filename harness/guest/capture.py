@@ -105,8 +105,7 @@ def open_consumer(schema: Any, driver: str, artifact: str, *, tgid: int, snaplen
     if driver == "bpf":
         from harness.guest.perfdev import LegacyBpfDevice
 
-        device = LegacyBpfDevice(schema, artifact)
-        device.set_snaplen(snaplen)
+        device = LegacyBpfDevice(schema, artifact, buffer_bytes=buffer_bytes, snaplen=snaplen)
         device.set_filter_tgid(tgid)
         return device
     raise ValueError(f"unknown driver kind {driver!r}")

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * The legacy BPF probe's interface with user space (harness/guest/perfdev.py): its maps and the
+ * layout of their values, in the target's native byte order. The events themselves are
+ * ../common/kmx_events.h's, byte for byte as the kernel module writes them.
+ *
+ * harness/guest/perfdev.py mirrors the names and formats below (a unit test compares them);
+ * keep each define on one line.
+ */
+#ifndef KMX_BPF_H
+#define KMX_BPF_H
+
+#include <linux/types.h>
+
+/* Maps (BTF-defined, in the object's .maps section) */
+#define KMX_BPF_MAP_CONFIG "kmx_config"     /* ARRAY, 1 entry: struct kmx_bpf_config */
+#define KMX_BPF_MAP_STATS "kmx_stats"       /* PERCPU_ARRAY, 1 entry: struct kmx_bpf_stats */
+#define KMX_BPF_MAP_EVENTS "kmx_events"     /* PERF_EVENT_ARRAY, one perf ring per CPU */
+
+/* Written by user space at any time; the probes read it on every syscall. */
+struct kmx_bpf_config {
+	__u64 filter_tgid;     /* 0: every process; else that process's threads and its direct children */
+	__u32 snaplen;         /* bytes copied per buffer or string, 1..KMX_SNAPLEN_MAX */
+	__u32 capturing;       /* 0: the probes return at once */
+};
+
+#define KMX_BPF_CONFIG_FORMAT "QII"
+
+/* Per CPU, counted by the probes: events sent, events lost (perf ring full), bytes sent. */
+struct kmx_bpf_stats {
+	__u64 events;
+	__u64 drops;
+	__u64 bytes;
+};
+
+#define KMX_BPF_STATS_FORMAT "QQQ"
+
+#endif /* KMX_BPF_H */
