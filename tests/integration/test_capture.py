@@ -29,7 +29,7 @@ def test_capture_passes(workspace: Workspace, capture_cell: Cell, tmp_path: Path
 
 
 @pytest.mark.arch_x86_64
-@pytest.mark.parametrize("driver", ["kmod", "modern_bpf"])
+@pytest.mark.parametrize("driver", ["kmod", "bpf", "modern_bpf"])
 def test_fault_injected_driver_fails_the_suite(workspace: Workspace, tmp_path: Path, driver: str) -> None:
     newest = workspace.matrix.newest_kernel("x86_64")
     cell = next(c for c in workspace.matrix.cells("full", archs=["x86_64"], drivers=[driver], suites=["capture"])
