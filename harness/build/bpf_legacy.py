@@ -25,7 +25,6 @@ the command that reproduces it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -35,13 +34,14 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import filelock
 
 from harness.archs import ArchProfile
+from harness.build import Log, content_key, quiet, sources_digest
 from harness.build.bpf_common import COMMON_CFLAGS, TARGET_ARCH, bpf_clang, bpf_clang_version, zig_env
 from harness.build.kmod import KernelHeaders, build_failure, prepare_root, resolve_headers
 from harness.debian import DebianRepo
@@ -98,11 +98,8 @@ _FRONT_END_FLAGS = (
 ARCH_FRONT_END_FLAGS: dict[str, tuple[str, ...]] = {"ppc64le": ("-DCONFIG_CC_IS_CLANG",)}
 _LOCK_TIMEOUT_S = 1800.0
 
-Log = Callable[[str], None]
 
 
-def _quiet(_message: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -150,11 +147,6 @@ def driver_sources(root: Path | None = None) -> dict[str, Path]:
     return files
 
 
-def sources_digest(files: dict[str, Path]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def cache_key(
@@ -176,7 +168,7 @@ def cache_key(
         list(COMMON_CFLAGS),
         ARCH_FRONT_END_FLAGS,
     ]
-    return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:24]
+    return content_key(*material)
 
 
 # -- the kernel's include paths --------------------------------------------------------------------
@@ -353,7 +345,7 @@ def build_legacy_bpf(
     *,
     fault: str | None = None,
     attach: str = "raw_tracepoint",
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> LegacyBpfBuild:
     """kmx_bpf.o for the kernel that (arch, suite) boots: cached, or built now.
 

@@ -13,20 +13,20 @@ sources, the vmlinux.h and libbpf-dev packages, the compiler's version and the f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
 from harness.archs import ArchProfile
+from harness.build import Log, content_key, quiet, sources_digest
 from harness.build.bpf_common import (
     COMMON_CFLAGS,
     bpf_clang,
@@ -49,11 +49,8 @@ VMLINUX_PACKAGE = "linux-bpf-dev"
 VMLINUX_SUITES = ("trixie", "forky", "sid")
 _LOCK_TIMEOUT_S = 1800.0
 
-Log = Callable[[str], None]
 
 
-def _quiet(_message: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,7 @@ class Vmlinux:
         return f"{self.package.name} {self.package.version} ({self.package.suite}, {self.package.architecture})"
 
 
-def vmlinux_header(repo: DebianRepo, arch: ArchProfile, log: Log = _quiet) -> Vmlinux:
+def vmlinux_header(repo: DebianRepo, arch: ArchProfile, log: Log = quiet) -> Vmlinux:
     """linux-bpf-dev's vmlinux.h for the architecture (trixie first)."""
     try:
         pkg, notes = repo.find_fetchable(VMLINUX_SUITES, arch.debian_arch, VMLINUX_PACKAGE)
@@ -117,18 +114,13 @@ def driver_sources(root: Path | None = None, arch: str | None = None) -> dict[st
     return files
 
 
-def sources_digest(files: dict[str, Path]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def cache_key(sources: str, package_sha256s: Sequence[str], compiler_version: str, fault: str | None,
               flags: Sequence[str] = ()) -> str:
     """The build cache key: sources, vmlinux.h and libbpf-dev packages, compiler, fault, flags."""
     material = [BUILD_FORMAT, sources, list(package_sha256s), compiler_version, fault, list(flags)]
-    return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:24]
+    return content_key(*material)
 
 
 def compile_command(compiler: Sequence[str], arch: ArchProfile, build_dir: Path, libbpf_include: Path,
@@ -165,7 +157,7 @@ def build_modern_bpf(
     cache: Path,
     *,
     fault: str | None = None,
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> BpfBuild:
     """The modern probe's object for `arch`: cached, or built now."""
     if fault is not None and fault not in FAULTS:

@@ -25,13 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
 from harness.archs import ArchProfile
+from harness.build import Log, content_key, quiet, sources_digest
 from harness.build.toolchain import Compiler, host_debian_arch, require_compiler
 from harness.debian import DebianRepo, Package
 from harness.errors import BuildError, FetchError
@@ -45,11 +46,8 @@ _LOCK_TIMEOUT_S = 1800.0
 _GLIBC_NEED = re.compile(rb"GLIBC_2\.(\d+)(?:\.\d+)?\x00")
 _ERROR_LINE = re.compile(r"(?:^|:\d+(?::\d+)?: )(?:fatal )?error: |^ERROR: |undefined reference to|: undefined symbol")
 
-Log = Callable[[str], None]
 
 
-def _quiet(_message: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ class KernelHeaders:
 # -- resolving the packages ------------------------------------------------------------------------
 
 
-def resolve_headers(repo: DebianRepo, arch: ArchProfile, suite: str, log: Log = _quiet) -> KernelHeaders:
+def resolve_headers(repo: DebianRepo, arch: ArchProfile, suite: str, log: Log = quiet) -> KernelHeaders:
     """The headers of the kernel that images.py boots for (arch, suite)."""
     image = resolve_image_package(repo, arch, suite)
     release = image.name.removeprefix("linux-image-").removesuffix("-unsigned")
@@ -206,7 +204,7 @@ def wrap_for_glibc(kbuild_dir: Path, loader: Path, libdir: Path, installed_at: P
     return wrapped
 
 
-def prepare_root(repo: DebianRepo, kh: KernelHeaders, cache: Path, log: Log = _quiet) -> Path:
+def prepare_root(repo: DebianRepo, kh: KernelHeaders, cache: Path, log: Log = quiet) -> Path:
     """The headers directory (the make -C target) inside a private root, built once and cached."""
     trees = {pkg.name: repo.unpack(pkg) for pkg in (kh.headers, kh.common, kh.kbuild)}
     key = hashlib.sha256(
@@ -293,18 +291,13 @@ def driver_sources(root: Path | None = None) -> dict[str, Path]:
     return files
 
 
-def sources_digest(files: dict[str, Path]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def cache_key(sources: str, kh_sha256s: Sequence[str], compiler_version: str, fault: str | None,
               make_vars: Sequence[str] = ()) -> str:
     """The build cache key: driver sources, header packages, compiler, fault, make variables."""
     material = [BUILD_FORMAT, sources, list(kh_sha256s), compiler_version, fault, list(make_vars)]
-    return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:24]
+    return content_key(*material)
 
 
 def make_command(headers_dir: Path, build_dir: Path, arch: ArchProfile, compiler: Compiler,
@@ -369,7 +362,7 @@ def build_kmod(
     cache: Path,
     *,
     fault: str | None = None,
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> KmodBuild:
     """kmx.ko for the kernel (arch, suite) boots: cached, or built now."""
     if fault is not None and fault not in FAULTS:
