@@ -29,7 +29,23 @@ def dmesg_tail(lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class NotInGuest(RuntimeError):
+    """Drivers are loaded only inside kmatrix guests, never on the machine running the harness."""
+
+
+def refuse_outside_guest(cmdline_path: str = "/proc/cmdline") -> None:
+    try:
+        with open(cmdline_path, encoding="utf-8") as handle:
+            cmdline = handle.read().split()
+    except OSError:
+        cmdline = []
+    if not any(word.startswith("kmatrix.mode=") for word in cmdline):
+        raise NotInGuest("refusing to load a driver: this is not a kmatrix guest (no kmatrix.mode= on the kernel "
+                         "command line); the harness loads drivers only inside the VMs it boots")
+
+
 def load_module(path: str, params: dict[str, Any]) -> None:
+    refuse_outside_guest()
     rc, text = _run(["insmod", path, *(f"{k}={v}" for k, v in params.items())])
     if rc != 0:
         raise RuntimeError(f"insmod {path} failed ({text}); dmesg:\n{dmesg_tail()}")
@@ -47,6 +63,7 @@ def op_capture(request: dict[str, Any]) -> dict[str, Any]:
     With `buffer_sizes` (a list of bytes), the suite runs once per size, reloading the module each
     time; the result is the first size's, plus a per-size summary, and passes only if all pass.
     """
+    refuse_outside_guest()
     sizes = [int(size) for size in request.get("buffer_sizes", [])]
     if not sizes:
         return _capture_once(request)
