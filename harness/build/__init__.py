@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import filelock
 
 Log = Callable[[str], None]
 
@@ -30,3 +35,41 @@ def sources_digest(files: dict[str, Path]) -> str:
 def content_key(*material: object) -> str:
     """A short cache key over JSON-able build inputs (sources digest, package sha256s, compiler, ...)."""
     return hashlib.sha256(json.dumps(material, default=list).encode()).hexdigest()[:24]
+
+
+def stage_sources(files: dict[str, Path], out: Path) -> Path:
+    """A fresh `out/src` holding the driver sources (a failed or interrupted attempt is cleared first)."""
+    if out.exists():
+        shutil.rmtree(out)
+    build_dir = out / "src"
+    for name, path in files.items():
+        dest = build_dir / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+    return build_dir
+
+
+def cached_dir(dest: Path, fill: Callable[[Path], str], *, lock_timeout_s: float = 1800.0) -> Path:
+    """`dest`, filled once by `fill(tmp)` under a file lock and renamed into place.
+
+    `fill` returns the text of the `.complete` marker; a directory without it (an interrupted
+    attempt) is rebuilt. Parallel runs wait for each other instead of building twice.
+    """
+    done = dest / ".complete"
+    if done.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(dest) + ".lock", timeout=lock_timeout_s):
+        if done.exists():
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            marker = fill(tmp)
+            (tmp / ".complete").write_text(marker)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.rename(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest

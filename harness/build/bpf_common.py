@@ -25,12 +25,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import filelock
-
 from harness.archs import ArchProfile
+from harness.build import cached_dir
 from harness.build.toolchain import host_debian_arch
 from harness.debian import DebianRepo, Package
 from harness.errors import BuildError
@@ -113,22 +111,8 @@ def libbpf_headers(repo: DebianRepo, cache: Path) -> Path:
                          hint="Debian's libbpf-dev layout changed")
     # A directory of its own (the unpacked tree also has the host's other headers, which must not
     # shadow the freestanding target's).
-    dest = cache / "build" / "libbpf-headers" / f"{pkg.sha256[:16]}"
-    done = dest / ".complete"
-    if done.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(dest) + ".lock", timeout=_LOCK_TIMEOUT_S):
-        if done.exists():
-            return dest
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-        try:
-            shutil.copytree(source, tmp / "bpf")
-            (tmp / ".complete").write_text(f"{pkg.name} {pkg.version} ({pkg.suite})\n")
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.rename(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return dest
+    def fill(tmp: Path) -> str:
+        shutil.copytree(source, tmp / "bpf")
+        return f"{pkg.name} {pkg.version} ({pkg.suite})\n"
+
+    return cached_dir(cache / "build" / "libbpf-headers" / pkg.sha256[:16], fill, lock_timeout_s=_LOCK_TIMEOUT_S)

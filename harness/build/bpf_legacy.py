@@ -41,7 +41,7 @@ from pathlib import Path
 import filelock
 
 from harness.archs import ArchProfile
-from harness.build import Log, content_key, quiet, sources_digest
+from harness.build import Log, content_key, quiet, sources_digest, stage_sources
 from harness.build.bpf_common import COMMON_CFLAGS, TARGET_ARCH, bpf_clang, bpf_clang_version, zig_env
 from harness.build.kmod import KernelHeaders, build_failure, prepare_root, resolve_headers
 from harness.debian import DebianRepo
@@ -401,13 +401,7 @@ def _build(
     started: float,
     log: Log,
 ) -> LegacyBpfBuild:
-    if out.exists():
-        shutil.rmtree(out)  # a failed or interrupted earlier attempt
-    build_dir = out / "src"
-    for name, path in files.items():
-        dest = build_dir / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dest)
+    build_dir = stage_sources(files, out)
     generate_decode(build_dir)
     tree = KernelTree.find(headers_dir, kh.common.name)
     bitcode = build_dir / "kmx_bpf.bc"

@@ -26,7 +26,7 @@ from pathlib import Path
 import filelock
 
 from harness.archs import ArchProfile
-from harness.build import Log, content_key, quiet, sources_digest
+from harness.build import Log, content_key, quiet, sources_digest, stage_sources
 from harness.build.bpf_common import (
     COMMON_CFLAGS,
     bpf_clang,
@@ -195,13 +195,7 @@ def build_modern_bpf(
 def _build(arch: ArchProfile, compiler: list[str], version: str, vmlinux: Vmlinux, libbpf_pkg: Package,
            include: Path, files: dict[str, Path], out: Path, cache: Path, fault: str | None, started: float,
            log: Log) -> BpfBuild:
-    if out.exists():
-        shutil.rmtree(out)  # a failed or interrupted earlier attempt
-    build_dir = out / "src"
-    for name, path in files.items():
-        dest = build_dir / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dest)
+    build_dir = stage_sources(files, out)
     (build_dir / "include").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(vmlinux.header, build_dir / "include" / "vmlinux.h")
     generate_decode(build_dir, arch)

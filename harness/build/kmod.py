@@ -23,7 +23,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 import filelock
 
 from harness.archs import ArchProfile
-from harness.build import Log, content_key, quiet, sources_digest
+from harness.build import Log, cached_dir, content_key, quiet, sources_digest, stage_sources
 from harness.build.toolchain import Compiler, host_debian_arch, require_compiler
 from harness.debian import DebianRepo, Package
 from harness.errors import BuildError, FetchError
@@ -211,25 +210,12 @@ def prepare_root(repo: DebianRepo, kh: KernelHeaders, cache: Path, log: Log = qu
         json.dumps([BUILD_FORMAT, kh.headers.sha256, kh.common.sha256, kh.kbuild.sha256, host_glibc()]).encode()
     ).hexdigest()[:16]
     root = cache / "build" / "roots" / f"{kh.release}-{key}"
-    headers_dir = root / "usr" / "src" / kh.headers.name
-    done = root / ".complete"
-    if done.exists():
-        return headers_dir
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(root) + ".lock", timeout=_LOCK_TIMEOUT_S):
-        if done.exists():
-            return headers_dir
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        try:
-            notes = _populate_root(repo, kh, trees, tmp, root, log)
-            (tmp / ".complete").write_text(json.dumps(notes, indent=2))
-            if root.exists():
-                shutil.rmtree(root)
-            os.rename(tmp, root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return headers_dir
+
+    def fill(tmp: Path) -> str:
+        return json.dumps(_populate_root(repo, kh, trees, tmp, root, log), indent=2)
+
+    cached_dir(root, fill, lock_timeout_s=_LOCK_TIMEOUT_S)
+    return root / "usr" / "src" / kh.headers.name
 
 
 def _populate_root(repo: DebianRepo, kh: KernelHeaders, trees: dict[str, Path], tmp: Path, final: Path,
@@ -391,13 +377,7 @@ def build_kmod(
 
 def _build(kh: KernelHeaders, arch: ArchProfile, compiler: Compiler, headers_dir: Path, files: dict[str, Path],
            out: Path, fault: str | None, started: float, log: Log) -> KmodBuild:
-    if out.exists():
-        shutil.rmtree(out)  # a failed or interrupted earlier attempt
-    build_root = out / "src"
-    for name, path in files.items():
-        dest = build_root / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dest)
+    build_root = stage_sources(files, out)
     build_dir = build_root / "kmod"
     _generate_decode(build_dir)
     command = make_command(headers_dir, build_dir, arch, compiler, fault)

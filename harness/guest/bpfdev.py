@@ -17,8 +17,7 @@ import os
 import struct
 
 from harness.guest.bpfload import BpfError, BpfObject, libbpf, set_bpf_stats
-from harness.guest.kmxdev import CpuStats
-from harness.guest.record import record
+from harness.guest.kmxdev import CpuStats, DeviceInfo
 from harness.guest.schema import Decoder
 
 TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
@@ -35,18 +34,6 @@ COUNTERS_MAP = "counters"
 CONFIG = struct.Struct("=IIQ")
 COUNTERS = struct.Struct("=QQQQQ")
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-@record
-class BpfDeviceInfo:
-    """What KmxDevice.info offers, for the BPF ring buffer (one ring: map_stride 0)."""
-
-    schema_version: int
-    ncpus: int
-    buffer_bytes: int
-    map_stride: int
-    snaplen: int
-    capturing: bool
 
 
 def ring_size(requested: int) -> int:
@@ -122,11 +109,11 @@ class ModernBpfDevice:
         self._set("sample_every", max(1, int(every)))
 
     @property
-    def info(self) -> BpfDeviceInfo:
-        return BpfDeviceInfo(self.schema.const("KMX_SCHEMA_VERSION"), self.ncpus, self.buffer_bytes, 0,
+    def info(self) -> DeviceInfo:
+        return DeviceInfo(self.schema.const("KMX_SCHEMA_VERSION"), self.ncpus, self.buffer_bytes, 0,
                              self.snaplen, self.capturing)
 
-    def get_info(self) -> BpfDeviceInfo:
+    def get_info(self) -> DeviceInfo:
         return self.info
 
     # -- load ------------------------------------------------------------------------------
