@@ -17,11 +17,11 @@ from typing import Any
 
 from harness import cpio
 from harness.archs import get_arch
-from harness.errors import BuildError, GuestError, KmatrixError
+from harness.errors import BootError, BuildError, GuestError, KmatrixError
 from harness.images import KernelImage
 from harness.matrix import Applicability, Cell, applicability
 from harness.runner import Workspace, prepare
-from harness.vm import Guest, GuestCrash
+from harness.vm import BootSpec, Guest, GuestCrash
 
 GUEST_DRIVER_DIR = "opt/kmatrix/drivers"
 
@@ -157,15 +157,16 @@ def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         spec = dataclasses.replace(spec, overlays=(overlay,))
         result.accel = spec.accel
         result.metrics["accel_reason"] = accel_reason
-        with Guest(spec, cell_dir / "console.log") as guest:
-            ready = guest.wait_ready(arch.tcg_boot_timeout_s)
-            result.timings["boot_s"] = ready.seconds
+        guest = _boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, result)
+        try:
             started = time.monotonic()
             reply = guest.request("capture", timeout_s=timeout_s, driver=kind, artifact="/" + build.guest_path,
                                   buffer_sizes=list(buffer_sizes), token=f"{cell.arch[:3]}{int(time.time()) % 100000}")
             result.timings["run_s"] = round(time.monotonic() - started, 2)
             with_log_tail = guest.log.tail(5)
             guest.poweroff()
+        finally:
+            guest.close()
         if not reply.get("ok"):
             result.status = "fail"
             result.reason = f"guest: {reply.get('error')}"
@@ -187,6 +188,34 @@ def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
     except (KmatrixError, GuestError) as error:
         result.status, result.reason = "error", str(error)
     return result
+
+
+# Boot failures are infrastructure errors (seen here: QEMU 10's ppc64 TCG once died on an internal
+# assertion mid-boot); they are retried this many times, each retry recorded. Test failures never are.
+BOOT_RETRIES = 1
+
+
+def _boot_with_retry(spec: BootSpec, cell_dir: Path, timeout_s: float, result: CellResult) -> Guest:
+    """A started guest whose agent is ready; the console log of a failed attempt is kept beside."""
+    for attempt in range(BOOT_RETRIES + 1):
+        log = cell_dir / ("console.log" if attempt == 0 else f"console.retry{attempt}.log")
+        guest = Guest(spec, log)
+        try:
+            guest.start()
+            ready = guest.wait_ready(timeout_s)
+        except BootError as error:
+            guest.close()
+            if attempt == BOOT_RETRIES:
+                raise
+            result.metrics.setdefault("boot_retries", []).append(f"{str(error).splitlines()[0]} (log: {log})")
+            continue
+        except BaseException:
+            guest.close()  # a crash or Ctrl-C during boot: no QEMU is left behind
+            raise
+        result.timings["boot_s"] = ready.seconds
+        result.console_log = str(log)
+        return guest
+    raise AssertionError("unreachable")
 
 
 def _failure_reason(reply: dict[str, Any]) -> str:

@@ -71,3 +71,22 @@ def test_sigkill_of_the_harness_kills_qemu_too(tmp_path: Path) -> None:
     while time.monotonic() < end and any(_alive(pid) for pid in qemu):
         time.sleep(0.2)
     assert not any(_alive(pid) for pid in qemu), "QEMU survived SIGKILL of its parent"
+
+
+def test_boot_failure_is_retried_once_and_recorded(workspace: object, tmp_path: Path) -> None:
+    """A boot that never reaches the agent (here: a 0.5 s deadline) is retried once, then reported."""
+    from harness.archs import get_arch
+    from harness.cells import BOOT_RETRIES, CellResult, _boot_with_retry
+    from harness.errors import BootError
+    from harness.runner import Workspace, prepare
+
+    assert isinstance(workspace, Workspace)
+    spec, _kernel, _image, _reason = prepare(workspace, get_arch("x86_64"), workspace.matrix.newest_kernel("x86_64"),
+                                             accel="tcg")
+    result = CellResult("c", "x86_64", "k", "kmod", "capture")
+    with pytest.raises(BootError, match="timed out"):
+        _boot_with_retry(spec, tmp_path, 0.5, result)
+    assert len(result.metrics["boot_retries"]) == BOOT_RETRIES == 1
+    assert (tmp_path / "console.log").exists() and (tmp_path / "console.retry1.log").exists()
+    time.sleep(0.5)
+    assert _children_qemu(os.getpid()) == []
