@@ -247,6 +247,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.cells import CellResult, run_capture_cell, settle_kernel
+    from harness.matrix import applicability
     from harness.runner import new_run_dir
 
     ws = _workspace(args)
@@ -271,9 +272,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if cell.suite == "capture":
             result = run_capture_cell(ws, cell, run_dir, fault=args.fault)
         else:
+            static = applicability(ws.matrix, cell, None)
+            reason = static.reason if not (static.runnable or static.pending) else (
+                f"this kmatrix version has no runner for suite {cell.suite} yet")
             result = CellResult(cell.id, cell.arch, cell.kernel.label, cell.driver, cell.suite, status="skip",
-                                reason=f"this kmatrix version has no runner for driver {cell.driver} "
-                                f"with suite {cell.suite} yet")
+                                reason=reason)
         results.append(result)
         ws.say(f"{cell.id}: {result.status}" + (f" ({escape(result.reason or '')})" if result.reason else ""))
         (run_dir / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2))
