@@ -15,8 +15,9 @@ Macro values may be expressions or refer to other macros (``__NR3264_fstat``,
 recursively and only integer arithmetic is evaluated, through Python's ``ast`` (nothing is
 ``eval``-ed).
 
-Which ``__NR_`` macros are syscalls: the name after ``__NR_`` must be lower case
-(``[a-z][a-z0-9_]*``), which drops ABI bases and counts such as ``__NR_SYSCALL_BASE``,
+Which ``__NR_`` macros are syscalls: the name after ``__NR_`` must be lower case, with at most
+one leading underscore (``_?[a-z][a-z0-9_]*``: i386's ``_llseek``, ``_newselect`` and
+``_sysctl`` are syscalls like any other), which drops ABI bases and counts such as ``__NR_SYSCALL_BASE``,
 ``__NR_Linux`` or ``__NR_Linux_syscalls`` (mips, arm); and it must not be one of the generic
 table's markers, ``__NR_syscalls`` (the table size) and ``__NR_arch_specific_syscall`` (the
 first number reserved for arch syscalls). Everything else is a syscall, including the entries a
@@ -120,7 +121,7 @@ class GenError(Exception):
 # The -dM dump and its macros
 
 _DEFINE = re.compile(r"#define\s+([A-Za-z_]\w*)(\()?\s*(.*)$")
-_SYSCALL_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_SYSCALL_NAME = re.compile(r"_?[a-z][a-z0-9_]*")
 MARKERS = frozenset({"syscalls", "arch_specific_syscall"})
 
 
