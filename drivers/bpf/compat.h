@@ -68,6 +68,16 @@ static __always_inline int kmx_compat_syscall(const struct task_struct *task)
 #endif
 }
 
+/*
+ * IA32 tasks on x86_64 (CONFIG_IA32_EMULATION): their i386 syscalls are translated to the x86_64
+ * ones (../common/kmx_ia32.h, included by the probe when KMX_IA32 is defined).
+ */
+#if defined(__TARGET_ARCH_x86) && defined(CONFIG_IA32_EMULATION)
+#define KMX_IA32 1
+#define KMX_IA32_READ_USER(dst, size, uaddr) bpf_probe_read_user((dst), (size), (const void *)(uaddr))
+#define KMX_IA32_RODATA __attribute__((section(".rodata.kmx_ia32")))
+#endif
+
 /* Read one unsigned long register of *regs into *dst (left 0 on a fault). */
 #define kmx_reg(dst, regs, member) kmx_kread((dst), (regs), struct pt_regs, member)
 

@@ -30,6 +30,10 @@
 #include "compat.h"
 #include "kmx_decode.h"
 
+#ifdef KMX_IA32
+#include "../common/kmx_ia32.h"
+#endif
+
 char kmx_license[] KMX_SEC("license") = "GPL";
 
 #define KMX_EV_MASK 16383   /* any offset inside an event */
@@ -40,9 +44,9 @@ char kmx_license[] KMX_SEC("license") = "GPL";
 #define KMX_STR_SLACK 1
 
 /* The biggest event: header, lengths, the fixed params, two decoded params of snaplen bytes. */
-#define KMX_MAX_PARAMS (KMX_ENTER_FIXED + KMX_MAX_ENTER_DECODED)
+#define KMX_MAX_PARAMS (KMX_ENTER_FIXED + KMX_IA32_EXTRA_FIXED + KMX_MAX_ENTER_DECODED)
 #define KMX_MAX_EVENT \
-	(KMX_HDR_SIZE + 2 * KMX_MAX_PARAMS + KMX_U64_PARAM * KMX_ENTER_FIXED + \
+	(KMX_HDR_SIZE + 2 * KMX_MAX_PARAMS + KMX_U64_PARAM * (KMX_ENTER_FIXED + KMX_IA32_EXTRA_FIXED) + \
 	 KMX_MAX_ENTER_DECODED * (2 + KMX_SNAPLEN_MAX + KMX_STR_SLACK) + KMX_ALIGN)
 _Static_assert(KMX_MAX_EVENT + KMX_U64_PARAM < KMX_EV_MASK, "an event must fit under KMX_EV_MASK");
 _Static_assert(KMX_SNAPLEN_MAX + 2 <= KMX_LEN_MASK, "a copy must fit under KMX_LEN_MASK");
@@ -56,7 +60,8 @@ struct kmx_state {
 	__u32 id;       /* KMX_SC_* id, 0: not decoded */
 	__u32 pos;      /* next param byte */
 	__u32 index;    /* next param */
-	__u32 pad;
+	__u32 ia32;     /* an IA32 task's syscall, translated: nr, args and ret are the x86_64 call's */
+	__s64 ia32_nr;  /* the i386 number */
 };
 
 struct kmx_scratch {
@@ -221,7 +226,15 @@ static __always_inline void kmx_put_strv(struct kmx_scratch *s, __u64 ptr, __u32
 		int trunc = 0;
 		long n;
 
-		if (bpf_probe_read_user(&str, sizeof(str), (const void *)(ptr + i * sizeof(str)))) {
+		if (KMX_RELOAD(s->st.ia32)) {
+			__u32 str32 = 0; /* a 32-bit task's argv: 4-byte pointers */
+
+			if (bpf_probe_read_user(&str32, sizeof(str32), (const void *)(ptr + i * sizeof(str32)))) {
+				flags = KMX_PF_FAULT;
+				break;
+			}
+			str = str32;
+		} else if (bpf_probe_read_user(&str, sizeof(str), (const void *)(ptr + i * sizeof(str)))) {
 			flags = KMX_PF_FAULT;
 			break;
 		}
@@ -363,6 +376,8 @@ static __always_inline void kmx_emit(void *ctx, struct kmx_scratch *s, const __u
 			ndecoded = 0;
 	}
 	nparams = (type == KMX_EVT_SYS_ENTER ? KMX_ENTER_FIXED : KMX_EXIT_FIXED) + ndecoded;
+	if (s->st.ia32)
+		nparams += KMX_IA32_EXTRA_FIXED;
 	s->st.pos = KMX_HDR_SIZE + 2 * nparams;
 	s->st.index = 0;
 
@@ -384,6 +399,8 @@ static __always_inline void kmx_emit(void *ctx, struct kmx_scratch *s, const __u
 		kmx_put_u64(s, KMX_PT_U64, s->st.args[3]);
 		kmx_put_u64(s, KMX_PT_U64, s->st.args[4]);
 		kmx_put_u64(s, KMX_PT_U64, s->st.args[5]);
+		if (s->st.ia32)
+			kmx_put_u64(s, KMX_PT_U64, (__u64)s->st.ia32_nr);
 		for (i = 0; i < KMX_MAX_ENTER_DECODED; i++) {
 			if (i >= ndecoded)
 				break;
@@ -391,6 +408,8 @@ static __always_inline void kmx_emit(void *ctx, struct kmx_scratch *s, const __u
 		}
 	} else {
 		kmx_put_u64(s, KMX_PT_S64, (__u64)s->st.ret);
+		if (s->st.ia32)
+			kmx_put_u64(s, KMX_PT_U64, (__u64)s->st.ia32_nr);
 		for (i = 0; i < KMX_MAX_EXIT_DECODED; i++) {
 			if (i >= ndecoded)
 				break;
@@ -407,7 +426,7 @@ static __always_inline void kmx_emit(void *ctx, struct kmx_scratch *s, const __u
 	hdr.tid = (__u32)pid_tgid;
 	hdr.pid = pid_tgid >> 32;
 	hdr.len = len;
-	hdr.type = type;
+	hdr.type = type | (s->st.ia32 ? KMX_EVT_F_IA32 : 0);
 	hdr.nparams = (__u16)nparams;
 	__builtin_memcpy(s->ev, &hdr, sizeof(hdr));
 
@@ -445,10 +464,39 @@ static __always_inline struct kmx_scratch *kmx_begin(__u32 *snaplen, struct task
 	return bpf_map_lookup_elem(&kmx_scratch, &zero);
 }
 
-static __always_inline void kmx_set_id(struct kmx_scratch *s, long nr, const struct task_struct *task)
+/*
+ * Number, id, and for an IA32 task the translation, once s->st.args (raw registers) and s->st.ret
+ * are set. Other compat ABIs keep their number and get id 0 (not decoded).
+ */
+static __always_inline void kmx_set_call(struct kmx_scratch *s, long nr, int compat, int at_exit)
 {
+#ifdef KMX_FAULT_NO_IA32
+	compat = 0; /* Test-only (fault="no_ia32"): a probe that does not notice 32-bit tasks. */
+#endif
 	s->st.nr = nr;
-	s->st.id = kmx_compat_syscall(task) ? 0 : kmx_sc_id(nr);
+	s->st.ia32 = 0;
+	s->st.ia32_nr = 0;
+#ifdef KMX_IA32
+	if (compat) {
+		struct kmx_ia32_call call;
+		__u64 raw[6];
+		int i;
+
+		for (i = 0; i < 6; i++)
+			raw[i] = s->st.args[i];
+		kmx_ia32_translate(nr, raw, &call);
+		if (at_exit)
+			s->st.ret = kmx_ia32_exit_ret(&call, raw, s->st.ret);
+		for (i = 0; i < 6; i++)
+			s->st.args[i] = call.args[i];
+		s->st.ia32 = 1;
+		s->st.ia32_nr = nr;
+		s->st.nr = (__s64)call.nr;
+		s->st.id = call.nr == KMX_NR_IA32_UNMAPPED ? 0 : kmx_sc_id((long)call.nr);
+		return;
+	}
+#endif
+	s->st.id = compat ? 0 : kmx_sc_id(nr);
 }
 
 #ifndef KMX_TRACEPOINT
@@ -459,6 +507,7 @@ int kmx_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	const struct pt_regs *regs = (const struct pt_regs *)ctx->args[0];
 	long nr = (long)ctx->args[1];
 	struct task_struct *task;
+	int compat;
 	struct kmx_scratch *s;
 	__u32 snaplen;
 
@@ -467,9 +516,10 @@ int kmx_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	s = kmx_begin(&snaplen, &task);
 	if (!s)
 		return 0;
-	kmx_set_id(s, nr, task);
-	kmx_regs_args(regs, kmx_compat_syscall(task), s->st.args);
+	compat = kmx_compat_syscall(task);
+	kmx_regs_args(regs, compat, s->st.args);
 	s->st.ret = 0;
+	kmx_set_call(s, nr, compat, 0);
 	kmx_emit(ctx, s, KMX_EVT_SYS_ENTER, snaplen);
 	return 0;
 }
@@ -479,6 +529,7 @@ int kmx_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	const struct pt_regs *regs = (const struct pt_regs *)ctx->args[0];
 	struct task_struct *task;
+	int compat;
 	struct kmx_scratch *s;
 	__u32 snaplen;
 	long nr;
@@ -489,9 +540,10 @@ int kmx_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	nr = kmx_regs_exit_nr(regs);
 	if (nr < 0)
 		return 0;
-	kmx_set_id(s, nr, task);
-	kmx_regs_args(regs, kmx_compat_syscall(task), s->st.args);
+	compat = kmx_compat_syscall(task);
+	kmx_regs_args(regs, compat, s->st.args);
 	s->st.ret = (long)ctx->args[1];
+	kmx_set_call(s, nr, compat, 1);
 	kmx_emit(ctx, s, KMX_EVT_SYS_EXIT, snaplen);
 	return 0;
 }
@@ -526,7 +578,6 @@ int kmx_sys_enter(struct kmx_tp_sys_enter *ctx)
 	s = kmx_begin(&snaplen, &task);
 	if (!s)
 		return 0;
-	kmx_set_id(s, nr, task);
 	for (i = 0; i < 6; i++) {
 		s->st.args[i] = ctx->args[i];
 		stash.args[i] = ctx->args[i];
@@ -534,6 +585,7 @@ int kmx_sys_enter(struct kmx_tp_sys_enter *ctx)
 	tid = (__u32)bpf_get_current_pid_tgid();
 	bpf_map_update_elem(&kmx_stash, &tid, &stash, BPF_ANY);
 	s->st.ret = 0;
+	kmx_set_call(s, nr, kmx_compat_syscall(task), 0);
 	kmx_emit(ctx, s, KMX_EVT_SYS_ENTER, snaplen);
 	return 0;
 }
@@ -551,7 +603,6 @@ int kmx_sys_exit(struct kmx_tp_sys_exit *ctx)
 	s = kmx_begin(&snaplen, &task);
 	if (!s || nr < 0)
 		return 0;
-	kmx_set_id(s, nr, task);
 	tid = (__u32)bpf_get_current_pid_tgid();
 	stash = bpf_map_lookup_elem(&kmx_stash, &tid);
 	for (i = 0; i < 6; i++)
@@ -559,6 +610,7 @@ int kmx_sys_exit(struct kmx_tp_sys_exit *ctx)
 	if (stash)
 		bpf_map_delete_elem(&kmx_stash, &tid);
 	s->st.ret = ctx->ret;
+	kmx_set_call(s, nr, kmx_compat_syscall(task), 1);
 	kmx_emit(ctx, s, KMX_EVT_SYS_EXIT, snaplen);
 	return 0;
 }

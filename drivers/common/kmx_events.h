@@ -17,13 +17,22 @@
  * Params of a KMX_EVT_SYS_EXIT event:   nr (U64), id (U64), ret (S64), then the decoded exit params.
  * `nr` is the native syscall number as the sys_enter tracepoint saw it; `id` is the KMX_SC_* id
  * (0 for syscalls the drivers do not decode).
+ *
+ * IA32 events (x86_64 only): a 32-bit task's syscall is translated to its x86_64 equivalent
+ * (kmx_ia32.h): hdr.type has KMX_EVT_F_IA32 set, nr/id/a0..a5 are the x86_64 call's (arguments
+ * read from the i386 registers, 32-bit values zero-extended, split 64-bit values joined,
+ * socketcall/ipc demultiplexed), and one more fixed param follows the fixed ones: ia32_nr (U64),
+ * the i386 number the tracepoint saw. Decoded params follow it, for the x86_64 syscall, with
+ * 32-bit user pointers (argv entries are 4 bytes). An i386 number with no x86_64 equivalent has
+ * nr KMX_NR_IA32_UNMAPPED, id 0 and the raw registers as a0..a5. The exit of an execve belongs to
+ * the new program: 32 -> 64 exits as a native event, 64 -> 32 as an IA32 one.
  */
 #ifndef KMX_EVENTS_H
 #define KMX_EVENTS_H
 
 #include <linux/types.h>
 
-#define KMX_SCHEMA_VERSION 1
+#define KMX_SCHEMA_VERSION 2
 
 struct kmx_event_hdr {
 	__u64 ts_ns;    /* CLOCK_MONOTONIC nanoseconds (ktime_get_ns, bpf_ktime_get_ns) */
@@ -43,6 +52,8 @@ struct kmx_event_hdr {
 #define KMX_EVT_PAD 0          /* rest of the buffer up to its end is unused; continue at offset 0 */
 #define KMX_EVT_SYS_ENTER 1
 #define KMX_EVT_SYS_EXIT 2
+#define KMX_EVT_KIND_MASK 255  /* hdr.type & this is the kind; the bits above are flags */
+#define KMX_EVT_F_IA32 256     /* an IA32 (32-bit compat) syscall, translated: see above */
 
 /* Param types */
 #define KMX_PT_U64 1
@@ -60,6 +71,8 @@ struct kmx_event_hdr {
 /* Fixed params before the decoded ones */
 #define KMX_ENTER_FIXED 8      /* nr, id, a0..a5 */
 #define KMX_EXIT_FIXED 3       /* nr, id, ret */
+#define KMX_IA32_EXTRA_FIXED 1 /* IA32 events: ia32_nr after the fixed params */
+#define KMX_NR_IA32_UNMAPPED_VALUE 18446744073709551615 /* nr of an unmapped IA32 event: (__u64)-1 */
 
 /* Snapshot length bounds (bytes copied per buffer or string) */
 #define KMX_SNAPLEN_DEFAULT 256
@@ -73,7 +86,8 @@ struct kmx_event_hdr {
  * fixed 16 bytes), or argN/ *lenM (written without the space: length read from the int at argM,
  * at exit). STRV strings are joined by NUL with no trailing NUL; more than KMX_STRV_MAX_ARGS
  * strings, or more than the snapshot length, sets KMX_PF_TRUNC. Exit params are decoded even
- * when the call failed (the buffer as left, or KMX_PF_FAULT). Compat (ia32) calls carry id 0.
+ * when the call failed (the buffer as left, or KMX_PF_FAULT). IA32 calls are decoded as the x86_64
+ * syscall they translate to; other compat ABIs (arm64's aarch32, ...) carry id 0.
  * Names are the generic (asm-generic) names; arch tables map them to numbers.
  * The consumer publishes its tail with a plain store after it has finished reading the events
  * (a release store where the language offers one); the producer reads it with smp_load_acquire.

@@ -69,13 +69,47 @@ static inline long kmx_strncpy_nofault(char *dst, const char __user *src, long c
 #endif
 
 /*
- * A compat (32-bit ABI) syscall of a 64-bit kernel: its numbers are not the native table's, so
- * the id mapping does not apply (the event carries id 0 and no decoded params).
+ * A compat (32-bit ABI) syscall of a 64-bit kernel: its numbers are not the native table's. IA32
+ * ones are translated (below); others (arm64's aarch32, ...) carry id 0 and no decoded params.
  */
 static inline bool kmx_compat_syscall(void)
 {
 #ifdef CONFIG_COMPAT
 	return in_compat_syscall();
+#else
+	return false;
+#endif
+}
+
+/*
+ * IA32 tasks on x86_64 (32-bit programs under CONFIG_IA32_EMULATION): their syscalls are
+ * translated to x86_64 ones (../common/kmx_ia32.h). in_ia32_syscall() is TS_COMPAT in
+ * thread_info.status (since 4.6; before that the same test, open-coded). syscall_get_arguments()
+ * already reads bx, cx, dx, si, di, bp for such a task.
+ * KMX_FAULT_NO_IA32 (test only) builds a module that does not notice them at all: the i386
+ * number is taken for an x86_64 one, as a naive driver would.
+ */
+#if defined(CONFIG_X86_64) && defined(CONFIG_IA32_EMULATION)
+#define KMX_IA32 1
+#include <asm/compat.h>
+static inline bool kmx_ia32_syscall(void)
+{
+#if LINUX_VERSION_CODE < KERNEL_VERSION(4, 6, 0)
+	return current_thread_info()->status & TS_COMPAT;
+#else
+	return in_ia32_syscall();
+#endif
+}
+#define KMX_IA32_READ_USER(dst, size, uaddr) \
+	kmx_copy_nofault((dst), (const void __user *)(unsigned long)(uaddr), (size))
+#define KMX_IA32_RODATA
+#endif
+
+/* A compat syscall the module treats as native (see KMX_FAULT_NO_IA32 above). */
+static inline bool kmx_compat_ignored(void)
+{
+#ifdef KMX_FAULT_NO_IA32
+	return true;
 #else
 	return false;
 #endif

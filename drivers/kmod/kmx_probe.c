@@ -9,6 +9,8 @@
  * Head never catches up with tail: a full ring drops the event and counts it.
  * Probes never sleep and never fault pages in: user memory is read with the _nofault copies,
  * and a failed copy yields an empty param flagged KMX_PF_FAULT.
+ * IA32 syscalls on x86_64 are written as the x86_64 syscall they translate to (kmx_ia32.h),
+ * flagged KMX_EVT_F_IA32 and followed by the i386 number.
  */
 #include <linux/kernel.h>
 #include <linux/ktime.h>
@@ -20,9 +22,12 @@
 #include "compat.h"
 #include "kmx.h"
 #include "kmx_decode.h"
+#ifdef KMX_IA32
+#include "../common/kmx_ia32.h"
+#endif
 
 #define KMX_U64_PARAM (2 + 8)
-#define KMX_MAX_PARAMS (KMX_ENTER_FIXED + KMX_MAX_ENTER_DECODED)
+#define KMX_MAX_PARAMS (KMX_ENTER_FIXED + KMX_IA32_EXTRA_FIXED + KMX_MAX_ENTER_DECODED)
 
 static struct tracepoint *kmx_tp_enter;
 static struct tracepoint *kmx_tp_exit;
@@ -128,8 +133,11 @@ static void kmx_put_str(struct kmx_writer *w, unsigned long ptr, u32 snaplen)
 	kmx_param_close(w, (u32)n);
 }
 
-/* argv: up to KMX_STRV_MAX_ARGS strings joined by NUL (no trailing NUL), cut at snaplen. */
-static void kmx_put_strv(struct kmx_writer *w, unsigned long ptr, u32 snaplen)
+/*
+ * argv: up to KMX_STRV_MAX_ARGS strings joined by NUL (no trailing NUL), cut at snaplen. A 32-bit
+ * task's array holds 4-byte pointers.
+ */
+static void kmx_put_strv(struct kmx_writer *w, unsigned long ptr, u32 snaplen, bool ptr32)
 {
 	u8 *dst = kmx_param_open(w, KMX_PT_STRV, 0);
 	u32 used = 0;
@@ -137,11 +145,18 @@ static void kmx_put_strv(struct kmx_writer *w, unsigned long ptr, u32 snaplen)
 	int i;
 
 	for (i = 0;; i++) {
-		unsigned long str;
+		unsigned long str = 0;
+		u32 str32 = 0;
 		bool trunc = false;
 		long n;
 
-		if (kmx_copy_nofault(&str, (const void __user *)(ptr + i * sizeof(str)), sizeof(str))) {
+		if (ptr32) {
+			if (kmx_copy_nofault(&str32, (const void __user *)(ptr + i * sizeof(str32)), sizeof(str32))) {
+				flags = KMX_PF_FAULT;
+				break;
+			}
+			str = str32;
+		} else if (kmx_copy_nofault(&str, (const void __user *)(ptr + i * sizeof(str)), sizeof(str))) {
 			flags = KMX_PF_FAULT;
 			break;
 		}
@@ -187,7 +202,7 @@ static u32 kmx_param_bound(const struct kmx_param_spec *p, u32 snaplen)
 }
 
 static void kmx_put_decoded(struct kmx_writer *w, const struct kmx_param_spec *p, const unsigned long *args,
-			    long ret, u32 snaplen)
+			    long ret, u32 snaplen, bool ptr32)
 {
 	unsigned long ptr = args[p->arg];
 
@@ -200,7 +215,7 @@ static void kmx_put_decoded(struct kmx_writer *w, const struct kmx_param_spec *p
 		kmx_put_str(w, ptr, snaplen);
 		return;
 	case KMX_PT_STRV:
-		kmx_put_strv(w, ptr, snaplen);
+		kmx_put_strv(w, ptr, snaplen, ptr32);
 		return;
 	case KMX_PT_FD2: {
 		u8 *dst = kmx_param_open(w, KMX_PT_FD2, 0);
@@ -292,22 +307,47 @@ static void kmx_emit(struct pt_regs *regs, u16 type, long nr, long ret)
 	u32 snaplen, need;
 	u16 nparams;
 	s64 at;
+	bool ia32 = false;
+	long ia32_nr = 0;
 
-	if (!kmx_compat_syscall())
+	kmx_get_args(regs, args);
+	if (!kmx_compat_syscall() || kmx_compat_ignored()) {
 		id = kmx_sc_id(nr);
+	} else {
+#ifdef KMX_IA32
+		if (kmx_ia32_syscall()) {
+			struct kmx_ia32_call call;
+			u64 raw[6];
+
+			for (i = 0; i < 6; i++)
+				raw[i] = args[i];
+			kmx_ia32_translate(nr, raw, &call);
+			if (type == KMX_EVT_SYS_EXIT)
+				ret = kmx_ia32_exit_ret(&call, raw, ret);
+			for (i = 0; i < 6; i++)
+				args[i] = call.args[i];
+			ia32 = true;
+			ia32_nr = nr;
+			nr = (long)call.nr;
+			if (call.nr != KMX_NR_IA32_UNMAPPED)
+				id = kmx_sc_id(nr);
+		}
+#endif
+	}
 	if (id) {
 		spec = &kmx_sc_specs[id];
 		ndecoded = type == KMX_EVT_SYS_ENTER ? spec->n_enter : spec->n_exit;
 		decoded = type == KMX_EVT_SYS_ENTER ? spec->enter : spec->exit;
 	}
 	nparams = (type == KMX_EVT_SYS_ENTER ? KMX_ENTER_FIXED : KMX_EXIT_FIXED) + ndecoded;
+	if (ia32)
+		nparams += KMX_IA32_EXTRA_FIXED;
 	snaplen = READ_ONCE(kmx_snaplen_now);
 	need = KMX_HDR_SIZE + 2 * nparams + KMX_U64_PARAM * (nparams - ndecoded);
 	for (i = 0; i < ndecoded; i++)
 		need += kmx_param_bound(&decoded[i], snaplen);
 	need = ALIGN(need, KMX_ALIGN);
 
-	kmx_get_args(regs, args);
 	buf = this_cpu_ptr(kmx_bufs);
 	at = kmx_reserve(buf, need);
 	if (at < 0) {
@@ -333,14 +373,16 @@ static void kmx_emit(struct pt_regs *regs, u16 type, long nr, long ret)
 	} else {
 		kmx_put_u64(&w, KMX_PT_S64, (u64)ret);
 	}
+	if (ia32)
+		kmx_put_u64(&w, KMX_PT_U64, (u64)ia32_nr);
 	for (i = 0; i < ndecoded; i++)
-		kmx_put_decoded(&w, &decoded[i], args, ret, snaplen);
+		kmx_put_decoded(&w, &decoded[i], args, ret, snaplen, ia32);
 
 	hdr.ts_ns = ktime_get_ns();
 	hdr.tid = current->pid;
 	hdr.pid = current->tgid;
 	hdr.len = ALIGN(w.pos, KMX_ALIGN);
-	hdr.type = type;
+	hdr.type = type | (ia32 ? KMX_EVT_F_IA32 : 0);
 	hdr.nparams = nparams;
 	memcpy(w.base, &hdr, sizeof(hdr));
 	if (hdr.len > w.pos)

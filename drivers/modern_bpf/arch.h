@@ -39,6 +39,17 @@ static __always_inline bool kmx_compat_syscall(void)
 }
 
 /*
+ * IA32 tasks on x86_64: their i386 syscalls are translated to the x86_64 ones
+ * (kmx_ia32.h, included by the probe when KMX_IA32 is defined). The tables go in their own
+ * read-only section: .rodata itself holds only the loader's configuration.
+ */
+#if defined(__TARGET_ARCH_x86)
+#define KMX_IA32 1
+#define KMX_IA32_READ_USER(dst, size, uaddr) bpf_probe_read_user((dst), (size), (const void *)(uaddr))
+#define KMX_IA32_RODATA SEC(".rodata.kmx_ia32")
+#endif
+
+/*
  * The syscall's six arguments, at entry and at exit: what syscall_get_arguments() gives the
  * kernel module. The first one is the saved original where the register is reused for the
  * return value (orig_x0 on arm64, orig_gpr2 on s390, orig_gpr3 on powerpc, orig_a0 on riscv):

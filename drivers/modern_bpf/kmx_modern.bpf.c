@@ -27,6 +27,10 @@
 #include "kmx_modern.h"
 #include "arch.h"
 
+#ifdef KMX_IA32
+#include "kmx_ia32.h"
+#endif
+
 char LICENSE[] SEC("license") = "GPL";
 
 /* The loader's configuration: alone in .rodata (the decode tables live in .rodata.kmx_decode). */
@@ -73,6 +77,7 @@ struct kmx_writer {
 	__u32 pos;      /* next param byte */
 	__u32 index;    /* next param */
 	__u32 snaplen;
+	bool ptr32;     /* user pointer arrays (argv) hold 4-byte pointers: an IA32 task */
 };
 
 #define KMX_U64_PARAM (2 + 8)
@@ -210,7 +215,15 @@ static __always_inline void kmx_put_strv(struct kmx_writer *w, __u64 ptr)
 		bool trunc = false;
 		long n;
 
-		if (bpf_probe_read_user(&str, sizeof(str), (const void *)(ptr + i * sizeof(str)))) {
+		if (w->ptr32) {
+			__u32 str32 = 0;
+
+			if (bpf_probe_read_user(&str32, sizeof(str32), (const void *)(ptr + i * sizeof(str32)))) {
+				flags = KMX_PF_FAULT;
+				break;
+			}
+			str = str32;
+		} else if (bpf_probe_read_user(&str, sizeof(str), (const void *)(ptr + i * sizeof(str)))) {
 			flags = KMX_PF_FAULT;
 			break;
 		}
@@ -273,7 +286,8 @@ static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, 
 	struct kmx_hdr_words *hdr;
 	__u64 args[6];
 	__u32 zero = 0, id = 0, ndecoded = 0, nparams, snaplen, len;
-	bool compat;
+	bool compat, ia32 = false;
+	long ia32_nr = 0;
 
 	area = bpf_map_lookup_elem(&scratch, &zero);
 	count = bpf_map_lookup_elem(&counters, &zero);
@@ -285,6 +299,29 @@ static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, 
 	 * index with another, which the verifier then sees unbounded.
 	 */
 	compat = kmx_compat_syscall();
+#ifdef KMX_FAULT_NO_IA32
+	compat = false; /* Test-only (fault="no_ia32"): a probe that does not notice 32-bit tasks. */
+#endif
+	kmx_get_args(regs, args, compat);
+#ifdef KMX_IA32
+	if (compat) {
+		struct kmx_ia32_call call;
+
+		kmx_ia32_translate(nr, args, &call);
+		if (type == KMX_EVT_SYS_EXIT)
+			ret = kmx_ia32_exit_ret(&call, args, ret);
+		args[0] = call.args[0];
+		args[1] = call.args[1];
+		args[2] = call.args[2];
+		args[3] = call.args[3];
+		args[4] = call.args[4];
+		args[5] = call.args[5];
+		ia32 = true;
+		ia32_nr = nr;
+		nr = (long)call.nr;
+		compat = false; /* translated: decoded as the x86_64 syscall */
+	}
+#endif
 	if (!compat && nr >= 0 && nr < KMX_NR_TABLE) {
 		__u64 at = nr;
 
@@ -302,15 +339,15 @@ static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, 
 	} else {
 		id = 0;
 	}
-	nparams = (type == KMX_EVT_SYS_ENTER ? KMX_ENTER_FIXED : KMX_EXIT_FIXED) + (ndecoded & 3);
+	nparams = (type == KMX_EVT_SYS_ENTER ? KMX_ENTER_FIXED : KMX_EXIT_FIXED) + (ndecoded & 3) + (ia32 ? 1 : 0);
 	snaplen = kmx_config.snaplen;
 	if (snaplen < 1)
 		snaplen = 1;
 	if (snaplen > KMX_SNAPLEN_MAX)
 		snaplen = KMX_SNAPLEN_MAX;
 
-	kmx_get_args(regs, args, compat);
 	w.buf = (__u8 *)area->data;
+	w.ptr32 = ia32;
 	w.index = 0;
 	w.pos = KMX_HDR_SIZE + 2 * nparams;
 	w.snaplen = snaplen;
@@ -333,10 +370,14 @@ static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, 
 		kmx_put_u64(&w, KMX_PT_U64, args[3]);
 		kmx_put_u64(&w, KMX_PT_U64, args[4]);
 		kmx_put_u64(&w, KMX_PT_U64, args[5]);
+		if (ia32)
+			kmx_put_u64(&w, KMX_PT_U64, (__u64)ia32_nr);
 		if (ndecoded)
 			kmx_decode_enter(&w, id, args);
 	} else {
 		kmx_put_u64(&w, KMX_PT_S64, (__u64)ret);
+		if (ia32)
+			kmx_put_u64(&w, KMX_PT_U64, (__u64)ia32_nr);
 		if (ndecoded)
 			kmx_decode_exit(&w, id, args, ret);
 	}
@@ -349,7 +390,7 @@ static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, 
 	hdr->tid = (__u32)pid_tgid;
 	hdr->pid = pid_tgid >> 32;
 	hdr->len = len;
-	hdr->type = type;
+	hdr->type = type | (ia32 ? KMX_EVT_F_IA32 : 0);
 	hdr->nparams = nparams;
 
 	len = kmx_pos(len);

@@ -52,7 +52,7 @@ BUILD_FORMAT = 1  # bump when the build directory layout or the compile commands
 OBJECT_NAME = "kmx_bpf.o"
 SOURCE_NAME = "kmx_bpf.c"
 DECODE_HEADER = "kmx_decode.h"
-FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("-DKMX_FAULT_SWAP_ARGS",)}
+FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("-DKMX_FAULT_SWAP_ARGS",), "no_ia32": ("-DKMX_FAULT_NO_IA32",)}
 # The architectures the legacy probe supports (matrix.yaml's `bpf` driver): no riscv64, loongarch64.
 LEGACY_ARCHS = ("x86_64", "aarch64", "s390x", "ppc64le")
 # Front-end triple: the kernel's own architecture (its headers' inline assembly and types).
@@ -143,6 +143,8 @@ def driver_sources(root: Path | None = None) -> dict[str, Path]:
         if p.is_file() and p.suffix in (".c", ".h") and p.name != DECODE_HEADER
     }
     files["common/kmx_events.h"] = base / "drivers" / "common" / "kmx_events.h"
+    for name in ("kmx_ia32.h", "kmx_ia32_map.h"):  # the IA32 translation (x86_64 compat tasks)
+        files[f"common/{name}"] = base / "drivers" / "common" / name
     files["kmod/gen_decode.py"] = base / "drivers" / "kmod" / "gen_decode.py"  # the decode table generator
     return files
 

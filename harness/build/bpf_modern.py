@@ -41,7 +41,7 @@ from harness.errors import BuildError, FetchError
 from harness.paths import project_root
 
 BUILD_FORMAT = 1  # bump when the build directory layout or the compile command changes
-FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("-DKMX_FAULT_SWAP_ARGS",)}
+FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("-DKMX_FAULT_SWAP_ARGS",), "no_ia32": ("-DKMX_FAULT_NO_IA32",)}
 OBJECT_NAME = "kmx_modern.bpf.o"
 SOURCE_NAME = "kmx_modern.bpf.c"
 DECODE_HEADER = "kmx_modern_decode.h"
@@ -108,6 +108,8 @@ def driver_sources(root: Path | None = None, arch: str | None = None) -> dict[st
              if p.is_file() and (p.suffix in (".c", ".h") or p.name == "gen_decode.py")
              and p.name != DECODE_HEADER and "__pycache__" not in p.parts}
     files["common/kmx_events.h"] = base / "drivers" / "common" / "kmx_events.h"
+    for name in ("kmx_ia32.h", "kmx_ia32_map.h"):  # the IA32 translation (x86_64 compat tasks)
+        files[f"common/{name}"] = base / "drivers" / "common" / name
     files["kmod/gen_decode.py"] = base / "drivers" / "kmod" / "gen_decode.py"  # the schema parser it reuses
     if arch is not None:
         files[f"common/syscalls/{arch}.json"] = base / "drivers" / "common" / "syscalls" / f"{arch}.json"

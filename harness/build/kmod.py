@@ -39,7 +39,7 @@ from harness.images import resolve_image_package
 from harness.paths import project_root
 
 BUILD_FORMAT = 1  # bump when the build root layout or make invocation changes
-FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("KMX_FAULT_SWAP_ARGS=y",)}
+FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("KMX_FAULT_SWAP_ARGS=y",), "no_ia32": ("KMX_FAULT_NO_IA32=y",)}
 MAKE_JOBS = 2
 _LOCK_TIMEOUT_S = 1800.0
 _GLIBC_NEED = re.compile(rb"GLIBC_2\.(\d+)(?:\.\d+)?\x00")
@@ -274,6 +274,8 @@ def driver_sources(root: Path | None = None) -> dict[str, Path]:
              if p.is_file() and (p.suffix in (".c", ".h") or p.name in ("Kbuild", "gen_decode.py"))
              and p.name != "kmx_decode.h"}
     files["common/kmx_events.h"] = base / "drivers" / "common" / "kmx_events.h"
+    for name in ("kmx_ia32.h", "kmx_ia32_map.h"):  # the IA32 translation (x86_64 compat tasks)
+        files[f"common/{name}"] = base / "drivers" / "common" / name
     return files
 
 

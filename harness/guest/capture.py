@@ -180,7 +180,7 @@ def _run_and_verify(
     # Oracle: the workload thread's syscall numbers between the markers, driver vs tracefs.
     enter = schema.const("KMX_EVT_SYS_ENTER")
     driver_seq = marked_sequence(
-        [(e.nr, e.args[0]) for e in events if e.tid == tid and e.type == enter], nr_of["close"], MARK_BEGIN, MARK_END
+        [(e.nr, e.args[0]) for e in events if e.tid == tid and e.kind == enter], nr_of["close"], MARK_BEGIN, MARK_END
     )
     trace_seq = marked_sequence(tracefs.parse_enters(trace_text, tid), nr_of["close"], MARK_BEGIN, MARK_END)
     oracle_ok = driver_seq == trace_seq and len(trace_seq) > 0

@@ -128,7 +128,43 @@ class Event:
     params: tuple[Param, ...]
     cpu: int = -1
 
-    # Fixed params (see the header): enter = nr, id, a0..a5; exit = nr, id, ret
+    # Fixed params (see the header): enter = nr, id, a0..a5; exit = nr, id, ret; IA32 events add
+    # ia32_nr after them. KIND_MASK, F_IA32, ENTER and the fixed counts are the header's
+    # KMX_EVT_KIND_MASK, KMX_EVT_F_IA32, KMX_EVT_SYS_ENTER, KMX_*_FIXED (a unit test holds them equal).
+    KIND_MASK = 255
+    F_IA32 = 256
+    ENTER = 1
+    ENTER_FIXED = 8
+    EXIT_FIXED = 3
+    UNMAPPED = (1 << 64) - 1
+
+    @property
+    def kind(self) -> int:
+        """KMX_EVT_SYS_ENTER, KMX_EVT_SYS_EXIT, ... without the flag bits."""
+        return self.type & self.KIND_MASK
+
+    @property
+    def ia32(self) -> bool:
+        return bool(self.type & self.F_IA32)
+
+    @property
+    def fixed_count(self) -> int:
+        """Params before the decoded ones."""
+        base = self.ENTER_FIXED if self.kind == self.ENTER else self.EXIT_FIXED
+        return base + 1 if self.ia32 else base
+
+    @property
+    def ia32_nr(self) -> int | None:
+        """The i386 number of an IA32 event (None for a native one)."""
+        if not self.ia32:
+            return None
+        return int(self.params[self.fixed_count - 1].value)
+
+    @property
+    def unmapped(self) -> bool:
+        """An IA32 syscall with no x86_64 equivalent."""
+        return self.ia32 and self.nr == self.UNMAPPED
+
     @property
     def nr(self) -> int:
         return int(self.params[0].value)

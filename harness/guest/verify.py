@@ -3,6 +3,10 @@
 For every expected call: an enter event on the right thread with the right syscall number, the
 raw arguments and decoded params equal to what the workload used, followed (on that thread) by the
 exit event with the same number, the return value the workload saw and the decoded exit params.
+
+IA32 calls (the ia32 suite) name their x86_64 number as `nr64` and say which events are IA32:
+`ia32_enter` / `ia32_exit` hold the i386 number the event must carry, or None for a native event
+(an execve changes personality between its enter and its exit).
 """
 
 from __future__ import annotations
@@ -52,9 +56,23 @@ def _named(event: Event, specs: tuple[Any, ...], fixed: int) -> dict[str, Any]:
     return values
 
 
+def _ia32_mismatch(call: dict[str, Any], event: Event, side: str) -> tuple[str, Any, Any] | None:
+    """(what, expected, got) when the event's IA32-ness or i386 number is not the call's."""
+    key = f"ia32_{side}"
+    if key not in call:
+        return None if not event.ia32 else (f"{side} event kind", "native", f"ia32 {event.ia32_nr}")
+    expected = call[key]
+    if expected is None:
+        return None if not event.ia32 else (f"{side} event kind", "native", f"ia32 {event.ia32_nr}")
+    if not event.ia32:
+        return (f"{side} event kind", f"ia32 {expected}", "native")
+    if event.ia32_nr != expected:
+        return (f"{side} ia32_nr", expected, event.ia32_nr)
+    return None
+
+
 def verify_calls(schema: Schema, events: list[Event], calls: list[dict[str, Any]], nr_of: dict[str, int]) -> Verdict:
     enter_type, exit_type = schema.const("KMX_EVT_SYS_ENTER"), schema.const("KMX_EVT_SYS_EXIT")
-    enter_fixed, exit_fixed = schema.const("KMX_ENTER_FIXED"), schema.const("KMX_EXIT_FIXED")
     by_tid: dict[int, list[Event]] = defaultdict(list)
     for event in events:
         by_tid[event.tid].append(event)
@@ -63,10 +81,10 @@ def verify_calls(schema: Schema, events: list[Event], calls: list[dict[str, Any]
     for call in calls:
         stream = by_tid.get(call["tid"], [])
         names = [call["name"], *call.get("alt", [])]
-        wanted = {nr_of[n] for n in names if n in nr_of}
+        wanted = {call["nr64"]} if "nr64" in call else {nr_of[n] for n in names if n in nr_of}
         start = cursor[call["tid"]]
         found = next(
-            (i for i in range(start, len(stream)) if stream[i].type == enter_type and stream[i].nr in wanted), None
+            (i for i in range(start, len(stream)) if stream[i].kind == enter_type and stream[i].nr in wanted), None
         )
         if found is None:
             verdict.fail(call, "enter event", f"{'/'.join(names)} on tid {call['tid']}", "none found")
@@ -75,6 +93,10 @@ def verify_calls(schema: Schema, events: list[Event], calls: list[dict[str, Any]
         after = found + 1
         exit_event = stream[after] if after < len(stream) else None
         cursor[call["tid"]] = after + 1
+        problem = _ia32_mismatch(call, enter, "enter")
+        if problem:
+            verdict.fail(call, *problem)
+            continue
         for index, value in call["args"].items():
             arg = enter.args[int(index)] if int(index) < len(enter.args) else None
             if arg != value:
@@ -83,17 +105,25 @@ def verify_calls(schema: Schema, events: list[Event], calls: list[dict[str, Any]
         else:
             spec = schema.by_name.get(enter_name(names, nr_of, enter.nr))
             ok = _check_named(
-                verdict, call, "enter", call["enter"], _named(enter, spec.enter if spec else (), enter_fixed)
+                verdict, call, "enter", call["enter"], _named(enter, spec.enter if spec else (), enter.fixed_count)
             )
-            if ok and (exit_event is None or exit_event.type != exit_type or exit_event.nr != enter.nr):
+            if ok and (exit_event is None or exit_event.kind != exit_type or exit_event.nr != enter.nr):
                 got = None if exit_event is None else f"type {exit_event.type} nr {exit_event.nr}"
                 verdict.fail(call, "exit event after enter", f"exit of nr {enter.nr}", got)
+                ok = False
+            problem = _ia32_mismatch(call, exit_event, "exit") if ok and exit_event is not None else None
+            if problem:
+                verdict.fail(call, *problem)
                 ok = False
             if ok and exit_event is not None:
                 if exit_event.ret != call["ret"]:
                     verdict.fail(call, "return value", call["ret"], exit_event.ret)
                 elif _check_named(
-                    verdict, call, "exit", call["exit"], _named(exit_event, spec.exit if spec else (), exit_fixed)
+                    verdict,
+                    call,
+                    "exit",
+                    call["exit"],
+                    _named(exit_event, spec.exit if spec else (), exit_event.fixed_count),
                 ):
                     verdict.verified += 1
     return verdict
