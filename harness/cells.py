@@ -117,11 +117,22 @@ def minimum_text(cell: Cell, release: str | None) -> str:
 
 def file_overlay(source: Path, guest_path: str, dest: Path) -> Path:
     """A cpio overlay carrying one file (a built driver) to guest_path."""
+    return files_overlay([(source, guest_path, 0o644)], dest)
+
+
+def files_overlay(files: list[tuple[Path, str, int]], dest: Path) -> Path:
+    """A cpio overlay carrying files (source, guest path, mode) with their parent directories."""
     entries = []
-    parts = guest_path.split("/")
-    for depth in range(1, len(parts)):
-        entries.append(cpio.Entry("/".join(parts[:depth]), stat.S_IFDIR | 0o755))
-    entries.append(cpio.Entry(guest_path, stat.S_IFREG | 0o644, source.read_bytes()))
+    directories: set[str] = set()
+    for _source, guest_path, _mode in files:
+        parts = guest_path.split("/")
+        for depth in range(1, len(parts)):
+            directory = "/".join(parts[:depth])
+            if directory not in directories:
+                directories.add(directory)
+                entries.append(cpio.Entry(directory, stat.S_IFDIR | 0o755))
+    for source, guest_path, mode in files:
+        entries.append(cpio.Entry(guest_path, stat.S_IFREG | mode, source.read_bytes()))
     cpio.write_gzip_cpio(entries, dest)
     return dest
 
@@ -130,9 +141,38 @@ def file_overlay(source: Path, guest_path: str, dest: Path) -> Path:
 CAPTURE_BUFFER_SIZES = (8 << 20, 4 << 20, 32 << 20)
 
 
+GUEST_TOOLS_DIR = "opt/kmatrix/tools"
+
+
 def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
                      buffer_sizes: tuple[int, ...] = CAPTURE_BUFFER_SIZES, timeout_s: float = 300) -> CellResult:
     """The capture suite on one (arch, kernel) with the cell's driver."""
+    return _run_guest_suite(ws, cell, run_dir, fault=fault, op="capture", timeout_s=timeout_s,
+                            params={"buffer_sizes": list(buffer_sizes)})
+
+
+def run_ia32_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
+                  timeout_s: float = 300) -> CellResult:
+    """The ia32 suite on one x86_64 kernel with the cell's driver: 32-bit programs under capture."""
+    return _run_guest_suite(ws, cell, run_dir, fault=fault, op="ia32", timeout_s=timeout_s,
+                            params={"tools": "/" + GUEST_TOOLS_DIR}, with_ia32_tools=True)
+
+
+# Suites with a runner, by name.
+SUITE_RUNNERS = {"capture": run_capture_cell, "ia32": run_ia32_cell}
+
+
+def _ia32_tool_files(ws: Workspace, result: CellResult) -> list[tuple[Path, str, int]]:
+    from harness.build.tools import build_ia32_tools
+
+    tools = build_ia32_tools(ws.repo, ws.cache, log=ws.say)
+    result.metrics["ia32_tools"] = {"cached": tools.cached, "compilers": tools.compilers}
+    return [(tools.int80, f"{GUEST_TOOLS_DIR}/ia32_int80", 0o755), (tools.musl, f"{GUEST_TOOLS_DIR}/ia32_musl", 0o755)]
+
+
+def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None, op: str, timeout_s: float,
+                     params: dict[str, Any], with_ia32_tools: bool = False) -> CellResult:
+    """Build the driver (and tools), boot the cell's kernel, run guest op `op`, judge its reply."""
     arch = get_arch(cell.arch)
     cell_dir = run_dir / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -151,17 +191,20 @@ def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         build = build_driver(ws, kind, cell, fault)
         result.timings["build_s"] = round(time.monotonic() - started, 2)
         result.metrics.update({"build_cached": build.cached, "compiler": build.compiler, **build.details})
+        files = [(build.path, build.guest_path, 0o644)]
+        if with_ia32_tools:
+            files += _ia32_tool_files(ws, result)
         spec, _kernel, image, accel_reason = prepare(ws, arch, cell.kernel)
         result.metrics["image_bytes"] = image.size
-        overlay = file_overlay(build.path, build.guest_path, cell_dir / "driver.cpio.gz")
+        overlay = files_overlay(files, cell_dir / "driver.cpio.gz")
         spec = dataclasses.replace(spec, overlays=(overlay,))
         result.accel = spec.accel
         result.metrics["accel_reason"] = accel_reason
         guest = _boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, result)
         try:
             started = time.monotonic()
-            reply = guest.request("capture", timeout_s=timeout_s, driver=kind, artifact="/" + build.guest_path,
-                                  buffer_sizes=list(buffer_sizes), token=f"{cell.arch[:3]}{int(time.time()) % 100000}")
+            reply = guest.request(op, timeout_s=timeout_s, driver=kind, artifact="/" + build.guest_path,
+                                  token=f"{cell.arch[:3]}{int(time.time()) % 100000}", **params)
             result.timings["run_s"] = round(time.monotonic() - started, 2)
             with_log_tail = guest.log.tail(5)
             guest.poweroff()
@@ -174,7 +217,7 @@ def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
             result.metrics["console_tail"] = with_log_tail
             return result
         result.metrics.update({k: v for k, v in reply.items() if k not in ("ok", "type", "id")})
-        (cell_dir / "capture.json").write_text(json.dumps(reply, indent=2))
+        (cell_dir / f"{op}.json").write_text(json.dumps(reply, indent=2))
         if reply["passed"]:
             result.status = "pass"
         else:

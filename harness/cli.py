@@ -246,7 +246,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.cells import CellResult, run_capture_cell, settle_kernel
+    from harness.cells import SUITE_RUNNERS, CellResult, settle_kernel
     from harness.matrix import applicability
     from harness.runner import new_run_dir
 
@@ -269,8 +269,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             for note in notes:
                 ws.say(f"{cell.arch} {cell.driver}: {note}")
         ws.say(f"[bold]{cell.id}[/]: running")
-        if cell.suite == "capture":
-            result = run_capture_cell(ws, cell, run_dir, fault=args.fault)
+        runner = SUITE_RUNNERS.get(cell.suite)
+        if runner is not None:
+            result = runner(ws, cell, run_dir, fault=args.fault)
         else:
             static = applicability(ws.matrix, cell, None)
             reason = static.reason if not (static.runnable or static.pending) else (
@@ -310,6 +311,14 @@ def cmd_syscalls(args: argparse.Namespace) -> int:
     from harness.syscalls import cli_syscalls
 
     text, code = cli_syscalls(args.arch, args.json)
+    print(text)
+    return code
+
+
+def cmd_ia32_map(args: argparse.Namespace) -> int:
+    from harness.ia32map import cli_ia32_map
+
+    text, code = cli_ia32_map(args.json)
     print(text)
     return code
 
@@ -380,6 +389,9 @@ def build_parser() -> Parser:
     p = sub.add_parser("syscalls", parents=[common], help="an architecture's syscall table (name -> number)")
     p.add_argument("--arch", required=True, help="x86_64, aarch64, s390x, ppc64le, riscv64, loongarch64, or x86 (ia32)")
     p.set_defaults(func=cmd_syscalls)
+
+    p = sub.add_parser("ia32-map", parents=[common], help="the IA32 -> x86_64 syscall map")
+    p.set_defaults(func=cmd_ia32_map)
 
     p = sub.add_parser("image", parents=[common], help="build (or find cached) guest images")
     p.add_argument("--arch", default="all")

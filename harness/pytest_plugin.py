@@ -64,6 +64,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             pytest.param(cell, id=cell.id, marks=[getattr(pytest.mark, f"arch_{cell.arch}")])  # type: ignore[attr-defined]
             for cell in cells
         ])
+    if "ia32_cell" in metafunc.fixturenames:
+        cells = [c for c in selected_cells(metafunc.config, None, "ia32") if c.arch == "x86_64"]  # type: ignore[attr-defined]
+        metafunc.parametrize("ia32_cell", [pytest.param(cell, id=cell.id) for cell in cells])  # type: ignore[attr-defined]
     if "boot_target" in metafunc.fixturenames:
         pairs = selected_boot_targets(metafunc.config)
         metafunc.parametrize(

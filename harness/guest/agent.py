@@ -16,6 +16,7 @@ import traceback
 
 from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
+from harness.guest.ia32 import op_ia32
 
 TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
 if TYPE_CHECKING:
@@ -76,7 +77,13 @@ def op_read_file(request: dict[str, Any]) -> dict[str, Any]:
     return {"text": read_text(str(request["path"]))}
 
 
-HANDLERS: dict[str, Handler] = {"info": op_info, "exec": op_exec, "read_file": op_read_file, "capture": op_capture}
+HANDLERS: dict[str, Handler] = {
+    "info": op_info,
+    "exec": op_exec,
+    "read_file": op_read_file,
+    "capture": op_capture,
+    "ia32": op_ia32,
+}
 
 
 def serve(channel: Channel) -> None:
