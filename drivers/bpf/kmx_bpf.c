@@ -62,6 +62,9 @@ struct kmx_state {
 	__u32 index;    /* next param */
 	__u32 ia32;     /* an IA32 task's syscall, translated: nr, args and ret are the x86_64 call's */
 	__s64 ia32_nr;  /* the i386 number */
+#ifdef KMX_IA32
+	__u64 ia32_work[KMX_IA32_WORK]; /* the translation's work area: map memory (see kmx_ia32.h) */
+#endif
 };
 
 struct kmx_scratch {
@@ -217,6 +220,7 @@ static __always_inline void kmx_put_str(struct kmx_scratch *s, __u64 ptr, __u32 
 static __always_inline void kmx_put_strv(struct kmx_scratch *s, __u64 ptr, __u32 snaplen)
 {
 	__u32 pos = KMX_RELOAD(s->st.pos);
+	__u32 step = 8 - 4 * (KMX_RELOAD(s->st.ia32) & 1); /* bytes per pointer: 4 or 8 */
 	__u32 used = 0;
 	__u8 flags = 0;
 	int i;
@@ -226,15 +230,12 @@ static __always_inline void kmx_put_strv(struct kmx_scratch *s, __u64 ptr, __u32
 		int trunc = 0;
 		long n;
 
-		if (KMX_RELOAD(s->st.ia32)) {
-			__u32 str32 = 0; /* a 32-bit task's argv: 4-byte pointers */
-
-			if (bpf_probe_read_user(&str32, sizeof(str32), (const void *)(ptr + i * sizeof(str32)))) {
-				flags = KMX_PF_FAULT;
-				break;
-			}
-			str = str32;
-		} else if (bpf_probe_read_user(&str, sizeof(str), (const void *)(ptr + i * sizeof(str)))) {
+		/*
+		 * A 32-bit task's argv holds 4-byte pointers (only on x86, little-endian: they land in
+		 * str's low half). One read of either size: a branch here gives 5.10's loop check a
+		 * fall-through back-edge it refuses.
+		 */
+		if (bpf_probe_read_user(&str, step, (const void *)(ptr + i * step))) {
 			flags = KMX_PF_FAULT;
 			break;
 		}
@@ -484,7 +485,7 @@ static __always_inline void kmx_set_call(struct kmx_scratch *s, long nr, int com
 
 		for (i = 0; i < 6; i++)
 			raw[i] = s->st.args[i];
-		kmx_ia32_translate(nr, raw, &call);
+		kmx_ia32_translate(nr, raw, s->st.ia32_work, &call);
 		if (at_exit)
 			s->st.ret = kmx_ia32_exit_ret(&call, raw, s->st.ret);
 		for (i = 0; i < 6; i++)

@@ -80,37 +80,30 @@ struct kmx_ia32_call {
 /* Hide a value from the optimizer, so a bound tested on it is the bound the verifier sees. */
 #define KMX_IA32_OPAQUE(var) asm volatile("" : "+r"(var))
 
-static __always_inline __u64 kmx_ia32_pick(const __u64 *v, __u32 i)
-{
-	switch (i & 7) {
-	case 0: return v[0];
-	case 1: return v[1];
-	case 2: return v[2];
-	case 3: return v[3];
-	case 4: return v[4];
-	case 5: return v[5];
-	}
-	return 0;
-}
+/*
+ * The translation's work area: 16 __u64, the caller's. [0..7] the registers (6, 7: zero), [8..15]
+ * the words of a user array. BPF callers pass map memory: an index into it may be variable (5.10's
+ * verifier refuses variable-offset stack reads), which keeps the code free of per-index branches
+ * whose paths older verifiers would explore one by one.
+ */
+#define KMX_IA32_WORK 16
 
+/* One argument: `code` applied to the eight values at v. */
 static __always_inline __u64 kmx_ia32_arg(__u32 code, const __u64 *v)
 {
+	__u64 lo = v[code & 7], hi = v[(code >> 3) & 7];
 	__u32 word = 0;
 
-	if (code == KMX_IA32_ARG_ZERO)
-		return 0;
 	if (code & KMX_IA32_ARG_USER32) {
-		__u64 at = kmx_ia32_pick(v, code) + ((code & 8) ? 4 : 0);
-
-		if (KMX_IA32_READ_USER(&word, sizeof(word), at))
+		if (code == KMX_IA32_ARG_ZERO)
+			return 0;
+		if (KMX_IA32_READ_USER(&word, sizeof(word), lo + ((code & 8) >> 1)))
 			return 0;
 		return word;
 	}
 	if (code & KMX_IA32_ARG_PAIR)
-		return kmx_ia32_pick(v, code) | (kmx_ia32_pick(v, code >> 3) << 32);
-	if (code & KMX_IA32_ARG_PAGES)
-		return kmx_ia32_pick(v, code) << 12;
-	return kmx_ia32_pick(v, code);
+		return lo | (hi << 32);
+	return lo << (((code >> 5) & 1) * 12); /* KMX_IA32_ARG_PAGES: mmap2's pages */
 }
 
 /* Read `count` (at most 6) u32 words at user address base into words[]: 0, or -1 on a fault. */
@@ -130,19 +123,22 @@ KMX_IA32_UNROLL
 	return 0;
 }
 
-/* Translate i386 syscall nr32 with raw registers regs[6] into *out. */
-static __always_inline void kmx_ia32_translate(long nr32, const __u64 *regs_in, struct kmx_ia32_call *out)
+/* Translate i386 syscall nr32 with raw registers regs_in[6] into *out, using work[KMX_IA32_WORK]. */
+static __always_inline void kmx_ia32_translate(long nr32, const __u64 *regs_in, __u64 *work,
+					       struct kmx_ia32_call *out)
 {
 	const struct kmx_ia32_entry *entry;
-	__u64 regs[6], words[6] = {0, 0, 0, 0, 0, 0};
-	const __u64 *src = regs;
+	const __u64 *src = work;
 	__u32 index, kind, i;
 
 KMX_IA32_UNROLL
 	for (i = 0; i < 6; i++) {
-		regs[i] = regs_in[i] & 0xffffffffULL;
-		out->args[i] = regs[i];
+		work[i] = regs_in[i] & 0xffffffffULL;
+		out->args[i] = work[i];
 	}
+KMX_IA32_UNROLL
+	for (i = 6; i < KMX_IA32_WORK; i++)
+		work[i] = 0;
 	out->nr = KMX_NR_IA32_UNMAPPED;
 	out->kind = KMX_IA32_UNMAPPED;
 	if (nr32 < 0 || nr32 >= KMX_IA32_TABLE)
@@ -154,17 +150,17 @@ KMX_IA32_UNROLL
 	if (kind == KMX_IA32_UNMAPPED)
 		return;
 	if (kind == KMX_IA32_SOCKETCALL) {
-		index = (__u32)regs[0];
+		index = (__u32)work[0];
 		if (index >= KMX_IA32_SUB_TABLE)
 			return;
 		KMX_IA32_OPAQUE(index);
 		entry = &kmx_ia32_socketcall[index & (KMX_IA32_SUB_TABLE - 1)];
-		if (entry->kind == KMX_IA32_UNMAPPED || kmx_ia32_words(regs[1], entry->count, words))
+		if (entry->kind == KMX_IA32_UNMAPPED || kmx_ia32_words(work[1], entry->count, work + 8))
 			return;
-		src = words;
+		src = work + 8;
 	} else if (kind == KMX_IA32_IPC) {
-		index = (__u32)regs[0] & 0xffff;
-		if (index == KMX_IA32_IPC_MSGRCV && (regs[0] >> 16))
+		index = (__u32)work[0] & 0xffff;
+		if (index == KMX_IA32_IPC_MSGRCV && (work[0] >> 16))
 			index = KMX_IA32_IPC_MSGRCV_V1;
 		if (index >= KMX_IA32_SUB_TABLE)
 			return;
@@ -173,9 +169,9 @@ KMX_IA32_UNROLL
 		if (entry->kind == KMX_IA32_UNMAPPED)
 			return;
 	} else if (kind == KMX_IA32_USER_ARRAY) {
-		if (kmx_ia32_words(regs[0], entry->count, words))
+		if (kmx_ia32_words(work[0], entry->count, work + 8))
 			return;
-		src = words;
+		src = work + 8;
 	}
 KMX_IA32_UNROLL
 	for (i = 0; i < 6; i++)

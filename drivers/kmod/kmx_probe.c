@@ -317,11 +317,11 @@ static void kmx_emit(struct pt_regs *regs, u16 type, long nr, long ret)
 #ifdef KMX_IA32
 		if (kmx_ia32_syscall()) {
 			struct kmx_ia32_call call;
-			u64 raw[6];
+			u64 raw[6], work[KMX_IA32_WORK];
 
 			for (i = 0; i < 6; i++)
 				raw[i] = args[i];
-			kmx_ia32_translate(nr, raw, &call);
+			kmx_ia32_translate(nr, raw, work, &call);
 			if (type == KMX_EVT_SYS_EXIT)
 				ret = kmx_ia32_exit_ret(&call, raw, ret);
 			for (i = 0; i < 6; i++)

@@ -63,6 +63,20 @@ struct {
 	__type(value, struct kmx_scratch);
 } scratch SEC(".maps");
 
+#ifdef KMX_IA32
+/* The IA32 translation's work area: map memory, indexed at variable offsets (see kmx_ia32.h). */
+struct kmx_ia32_work {
+	__u64 v[KMX_IA32_WORK];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kmx_ia32_work);
+} ia32_work SEC(".maps");
+#endif
+
 /* Threads whose current syscall's enter event was sampled (so its exit is kept too). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -305,9 +319,12 @@ static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, 
 	kmx_get_args(regs, args, compat);
 #ifdef KMX_IA32
 	if (compat) {
+		struct kmx_ia32_work *work = bpf_map_lookup_elem(&ia32_work, &zero);
 		struct kmx_ia32_call call;
 
-		kmx_ia32_translate(nr, args, &call);
+		if (!work)
+			return;
+		kmx_ia32_translate(nr, args, work->v, &call);
 		if (type == KMX_EVT_SYS_EXIT)
 			ret = kmx_ia32_exit_ret(&call, args, ret);
 		args[0] = call.args[0];

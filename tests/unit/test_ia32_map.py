@@ -288,7 +288,8 @@ def test_the_header_compiles(tmp_path: Path) -> None:
         '#include "kmx_ia32.h"\n'
         "void translate(long nr, const __u64 *regs, struct kmx_ia32_call *out);\n"
         "void translate(long nr, const __u64 *regs, struct kmx_ia32_call *out)\n"
-        "{\n\tkmx_ia32_translate(nr, regs, out);\n\t(void)kmx_ia32_exit_ret(out, regs, 0);\n}\n"
+        "{\n\t__u64 work[KMX_IA32_WORK];\n\n\tkmx_ia32_translate(nr, regs, work, out);\n"
+        "\t(void)kmx_ia32_exit_ret(out, regs, 0);\n}\n"
     )
     done = subprocess.run(
         [GCC or "gcc", "-fsyntax-only", "-std=gnu11", f"-I{COMMON}", str(source)], capture_output=True, text=True
@@ -428,9 +429,10 @@ int main(void)
 
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct kmx_ia32_call call;
+        __u64 work[KMX_IA32_WORK];
         long long ret;
 
-        kmx_ia32_translate((long)cases[i][0], &cases[i][1], &call);
+        kmx_ia32_translate((long)cases[i][0], &cases[i][1], work, &call);
         ret = kmx_ia32_exit_ret(&call, &cases[i][1], 0);
         printf("%%llu %%llu %%llu %%llu %%llu %%llu %%llu %%u %%lld\n", (unsigned long long)call.nr,
                (unsigned long long)call.args[0], (unsigned long long)call.args[1],
