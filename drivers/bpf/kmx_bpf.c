@@ -103,6 +103,18 @@ struct {
 	__kmx_uint(value_size, sizeof(__u32));
 } kmx_events KMX_SEC(".maps");
 
+/* Sampling: threads whose current syscall's enter event was kept (so its exit is kept too). */
+struct {
+	__kmx_uint(type, BPF_MAP_TYPE_HASH);
+	__kmx_uint(max_entries, 16384);
+	__kmx_type(key, __u32);
+	__kmx_type(value, __u8);
+} kmx_sampled KMX_SEC(".maps");
+
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) =
+	(void *)BPF_FUNC_map_update_elem;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
+
 #ifdef KMX_TRACEPOINT
 /* Tracepoint attachment: sys_exit does not carry the arguments; sys_enter leaves them here. */
 struct kmx_stashed_args {
@@ -115,10 +127,6 @@ struct {
 	__kmx_type(key, __u32);
 	__kmx_type(value, struct kmx_stashed_args);
 } kmx_stash KMX_SEC(".maps");
-
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) =
-	(void *)BPF_FUNC_map_update_elem;
-static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
 #endif
 
 /* -- the event writer (the module's kmx_writer, on the scratch value) ---------------------------- */
@@ -444,8 +452,33 @@ static __always_inline void kmx_emit(void *ctx, struct kmx_scratch *s, const __u
 	}
 }
 
-/* The configuration when capturing and the current task is wanted; NULL otherwise. */
-static __always_inline struct kmx_scratch *kmx_begin(__u32 *snaplen, struct task_struct **task)
+/*
+ * Sampling 1 in `every` syscalls: decided at enter on a per-CPU count, remembered per thread in
+ * kmx_sampled so the exit follows its enter (the modern probe's rule).
+ */
+static __always_inline int kmx_sample(__u32 every, int at_exit)
+{
+	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	struct kmx_bpf_stats *stats;
+	__u8 one = 1;
+
+	if (every <= 1)
+		return 1;
+	if (at_exit)
+		return bpf_map_delete_elem(&kmx_sampled, &tid) == 0;
+	stats = bpf_map_lookup_elem(&kmx_stats, &zero);
+	if (!stats)
+		return 0;
+	if (stats->seen++ % every) {
+		bpf_map_delete_elem(&kmx_sampled, &tid);
+		return 0;
+	}
+	bpf_map_update_elem(&kmx_sampled, &tid, &one, BPF_ANY);
+	return 1;
+}
+
+/* The configuration when capturing and the current task is wanted (and sampled); NULL otherwise. */
+static __always_inline struct kmx_scratch *kmx_begin(__u32 *snaplen, struct task_struct **task, int at_exit)
 {
 	__u32 zero = 0;
 	struct kmx_bpf_config *cfg = bpf_map_lookup_elem(&kmx_config, &zero);
@@ -460,7 +493,7 @@ static __always_inline struct kmx_scratch *kmx_begin(__u32 *snaplen, struct task
 		len = KMX_SNAPLEN_MAX;
 	*snaplen = len;
 	*task = (struct task_struct *)bpf_get_current_task();
-	if (!kmx_wanted(cfg->filter_tgid, *task))
+	if (!kmx_wanted(cfg->filter_tgid, *task) || !kmx_sample(cfg->sample_every, at_exit))
 		return NULL;
 	return bpf_map_lookup_elem(&kmx_scratch, &zero);
 }
@@ -514,7 +547,7 @@ int kmx_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 
 	if (nr < 0)
 		return 0;
-	s = kmx_begin(&snaplen, &task);
+	s = kmx_begin(&snaplen, &task, 0);
 	if (!s)
 		return 0;
 	compat = kmx_compat_syscall(task);
@@ -535,7 +568,7 @@ int kmx_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	__u32 snaplen;
 	long nr;
 
-	s = kmx_begin(&snaplen, &task);
+	s = kmx_begin(&snaplen, &task, 1);
 	if (!s)
 		return 0;
 	nr = kmx_regs_exit_nr(regs);
@@ -576,7 +609,7 @@ int kmx_sys_enter(struct kmx_tp_sys_enter *ctx)
 
 	if (nr < 0)
 		return 0;
-	s = kmx_begin(&snaplen, &task);
+	s = kmx_begin(&snaplen, &task, 0);
 	if (!s)
 		return 0;
 	for (i = 0; i < 6; i++) {
@@ -601,7 +634,7 @@ int kmx_sys_exit(struct kmx_tp_sys_exit *ctx)
 	long nr = ctx->id;
 	int i;
 
-	s = kmx_begin(&snaplen, &task);
+	s = kmx_begin(&snaplen, &task, 1);
 	if (!s || nr < 0)
 		return 0;
 	tid = (__u32)bpf_get_current_pid_tgid();

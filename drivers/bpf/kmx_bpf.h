@@ -16,23 +16,27 @@
 #define KMX_BPF_MAP_CONFIG "kmx_config"     /* ARRAY, 1 entry: struct kmx_bpf_config */
 #define KMX_BPF_MAP_STATS "kmx_stats"       /* PERCPU_ARRAY, 1 entry: struct kmx_bpf_stats */
 #define KMX_BPF_MAP_EVENTS "kmx_events"     /* PERF_EVENT_ARRAY, one perf ring per CPU */
+#define KMX_BPF_MAP_SAMPLED "kmx_sampled"   /* HASH tid -> 1: threads whose current syscall's enter was kept */
 
 /* Written by user space at any time; the probes read it on every syscall. */
 struct kmx_bpf_config {
 	__u64 filter_tgid;     /* 0: every process; else that process's threads and its direct children */
 	__u32 snaplen;         /* bytes copied per buffer or string, 1..KMX_SNAPLEN_MAX */
 	__u32 capturing;       /* 0: the probes return at once */
+	__u32 sample_every;    /* keep 1 in N syscalls, enter and exit together; 0, 1: all */
+	__u32 pad;
 };
 
-#define KMX_BPF_CONFIG_FORMAT "QII"
+#define KMX_BPF_CONFIG_FORMAT "QIIII"
 
 /* Per CPU, counted by the probes: events sent, events lost (perf ring full), bytes sent. */
 struct kmx_bpf_stats {
 	__u64 events;
 	__u64 drops;
 	__u64 bytes;
+	__u64 seen;            /* syscalls seen while sampling */
 };
 
-#define KMX_BPF_STATS_FORMAT "QQQ"
+#define KMX_BPF_STATS_FORMAT "QQQQ"
 
 #endif /* KMX_BPF_H */

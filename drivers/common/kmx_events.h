@@ -150,6 +150,7 @@ struct kmx_event_hdr {
 #define KMX_IOCTL_GET_INFO 4   /* _IOR  struct kmx_info */
 #define KMX_IOCTL_GET_STATS 5  /* _IOWR struct kmx_cpu_stats (cpu filled in by the caller) */
 #define KMX_IOCTL_SET_FILTER_TGID 6 /* _IOW __u64: 0 captures every process */
+#define KMX_IOCTL_SET_SAMPLING 7 /* _IOW __u32 N: keep 1 in N syscalls (enter and exit together); 0, 1: all */
 
 struct kmx_info {
 	__u32 schema_version;

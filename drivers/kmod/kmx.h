@@ -21,14 +21,17 @@ struct kmx_cpu_buf {
 	u64 events;
 	u64 drops;
 	u64 bytes;
+	u64 seen;                       /* syscalls seen while sampling (1 in kmx_sample_every kept) */
 };
 
 extern struct kmx_cpu_buf __percpu *kmx_bufs;
 extern u64 kmx_size;                    /* data area bytes per CPU */
 extern u32 kmx_snaplen_now;             /* bytes copied per buffer or string */
 extern u64 kmx_filter_tgid;             /* 0: every process */
+extern u32 kmx_sample_every;            /* keep 1 in N syscalls; 0, 1: all */
 extern bool kmx_capturing;
 
+int kmx_probes_find(void);
 int kmx_probes_register(void);
 void kmx_probes_unregister(void);
 

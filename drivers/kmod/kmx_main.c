@@ -25,6 +25,7 @@
 #define KMX_IOC_GET_INFO _IOR(KMX_IOCTL_MAGIC, KMX_IOCTL_GET_INFO, struct kmx_info)
 #define KMX_IOC_GET_STATS _IOWR(KMX_IOCTL_MAGIC, KMX_IOCTL_GET_STATS, struct kmx_cpu_stats)
 #define KMX_IOC_SET_FILTER_TGID _IOW(KMX_IOCTL_MAGIC, KMX_IOCTL_SET_FILTER_TGID, __u64)
+#define KMX_IOC_SET_SAMPLING _IOW(KMX_IOCTL_MAGIC, KMX_IOCTL_SET_SAMPLING, __u32)
 
 #define KMX_MIN_BUFFER (64UL << 10)
 #define KMX_MAX_BUFFER (1UL << 30)
@@ -37,7 +38,12 @@ static unsigned int snaplen = KMX_SNAPLEN_DEFAULT;
 module_param(snaplen, uint, 0444);
 MODULE_PARM_DESC(snaplen, "bytes copied per buffer or string (1..4096; the SET_SNAPLEN ioctl changes it)");
 
+static unsigned int sample_every = 1;
+module_param(sample_every, uint, 0444);
+MODULE_PARM_DESC(sample_every, "keep 1 in N syscalls, enter and exit together (0, 1: all; the SET_SAMPLING ioctl changes it)");
+
 struct kmx_cpu_buf __percpu *kmx_bufs;
+u32 kmx_sample_every;
 u64 kmx_size;
 u32 kmx_snaplen_now;
 u64 kmx_filter_tgid;
@@ -63,6 +69,7 @@ static void kmx_reset_rings(void)
 		buf->events = 0;
 		buf->drops = 0;
 		buf->bytes = 0;
+		buf->seen = 0;
 		buf->ctrl->events = 0;
 		buf->ctrl->drops = 0;
 		buf->ctrl->bytes = 0;
@@ -83,12 +90,15 @@ static long kmx_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			kmx_reset_rings();
 			/* The probes read the rings only after seeing capturing set. */
 			smp_store_release(&kmx_capturing, true);
+			ret = kmx_probes_register();
+			if (ret)
+				WRITE_ONCE(kmx_capturing, false);
 		}
 		break;
 	case KMX_IOC_STOP:
 		if (READ_ONCE(kmx_capturing)) {
 			WRITE_ONCE(kmx_capturing, false);
-			kmx_tracepoint_sync(); /* no probe is still writing when STOP returns */
+			kmx_probes_unregister(); /* no probe is still writing when STOP returns */
 		}
 		break;
 	case KMX_IOC_SET_SNAPLEN: {
@@ -107,6 +117,15 @@ static long kmx_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			ret = -EFAULT;
 		else
 			WRITE_ONCE(kmx_filter_tgid, value);
+		break;
+	}
+	case KMX_IOC_SET_SAMPLING: {
+		__u32 value;
+
+		if (copy_from_user(&value, uarg, sizeof(value)))
+			ret = -EFAULT;
+		else
+			WRITE_ONCE(kmx_sample_every, value);
 		break;
 	}
 	case KMX_IOC_GET_INFO: {
@@ -229,21 +248,20 @@ static int __init kmx_init(void)
 	kmx_size = PAGE_ALIGN(buffer_bytes);
 	kmx_stride = PAGE_ALIGN(KMX_CTRL_SIZE + kmx_size);
 	kmx_snaplen_now = kmx_clamp_snaplen(snaplen);
+	kmx_sample_every = sample_every;
 
 	ret = kmx_alloc_buffers();
 	if (ret)
 		return ret;
-	ret = kmx_probes_register();
+	ret = kmx_probes_find();
 	if (ret)
 		goto free;
 	ret = misc_register(&kmx_misc);
 	if (ret)
-		goto unregister;
+		goto free;
 	pr_info("kmx: %u possible CPUs, %llu bytes per buffer, map stride %llu\n", nr_cpu_ids, kmx_size, kmx_stride);
 	return 0;
 
-unregister:
-	kmx_probes_unregister();
 free:
 	kmx_free_buffers();
 	return ret;
@@ -253,7 +271,7 @@ static void __exit kmx_exit(void)
 {
 	misc_deregister(&kmx_misc);
 	WRITE_ONCE(kmx_capturing, false);
-	kmx_probes_unregister(); /* waits for running probes */
+	kmx_probes_unregister(); /* waits for running probes (if still attached) */
 	kmx_free_buffers();
 }
 

@@ -398,12 +398,45 @@ static void kmx_emit(struct pt_regs *regs, u16 type, long nr, long ret)
 	smp_store_release(&buf->ctrl->head, buf->head); /* publishes the event's bytes */
 }
 
+/*
+ * Sampling 1 in N syscalls: decided at enter on a per-CPU count, remembered per thread in a
+ * tid-tagged slot so the exit follows its enter (two threads sharing a slot can only lose an
+ * exit, never keep a wrong one).
+ */
+#define KMX_SAMPLED_SLOTS 4096
+static u32 kmx_sampled[KMX_SAMPLED_SLOTS];
+
+static bool kmx_sample_enter(void)
+{
+	u32 every = READ_ONCE(kmx_sample_every);
+	u32 tid = (u32)current->pid;
+	bool keep;
+
+	if (every <= 1)
+		return true;
+	keep = this_cpu_ptr(kmx_bufs)->seen++ % every == 0;
+	WRITE_ONCE(kmx_sampled[tid % KMX_SAMPLED_SLOTS], keep ? tid : 0);
+	return keep;
+}
+
+static bool kmx_sample_exit(void)
+{
+	u32 tid = (u32)current->pid;
+
+	if (READ_ONCE(kmx_sample_every) <= 1)
+		return true;
+	if (READ_ONCE(kmx_sampled[tid % KMX_SAMPLED_SLOTS]) != tid)
+		return false;
+	WRITE_ONCE(kmx_sampled[tid % KMX_SAMPLED_SLOTS], 0);
+	return true;
+}
+
 static void kmx_sys_enter(void *data, struct pt_regs *regs, long nr)
 {
 	if (!smp_load_acquire(&kmx_capturing) || nr < 0)
 		return;
 	kmx_probe_begin();
-	if (kmx_wanted())
+	if (kmx_wanted() && kmx_sample_enter())
 		kmx_emit(regs, KMX_EVT_SYS_ENTER, nr, 0);
 	kmx_probe_end();
 }
@@ -418,7 +451,7 @@ static void kmx_sys_exit(void *data, struct pt_regs *regs, long ret)
 	if (nr < 0)
 		return;
 	kmx_probe_begin();
-	if (kmx_wanted())
+	if (kmx_wanted() && kmx_sample_exit())
 		kmx_emit(regs, KMX_EVT_SYS_EXIT, nr, ret);
 	kmx_probe_end();
 }
@@ -431,15 +464,30 @@ static void kmx_find_tracepoint(struct tracepoint *tp, void *priv)
 		kmx_tp_exit = tp;
 }
 
-int kmx_probes_register(void)
+/* At load: the tracepoints must exist (probes are attached only while capturing). */
+int kmx_probes_find(void)
 {
-	int ret;
-
 	for_each_kernel_tracepoint(kmx_find_tracepoint, NULL);
 	if (!kmx_tp_enter || !kmx_tp_exit) {
 		pr_err("kmx: raw_syscalls tracepoints not found (CONFIG_HAVE_SYSCALL_TRACEPOINTS?)\n");
 		return -ENOENT;
 	}
+	return 0;
+}
+
+/*
+ * Attached at START and detached at STOP (callers serialize): a loaded module that is not
+ * capturing costs the system nothing, as a detached BPF probe does (an attached raw_syscalls
+ * tracepoint sends every task's syscalls through the slow path).
+ */
+static bool kmx_attached;
+
+int kmx_probes_register(void)
+{
+	int ret;
+
+	if (kmx_attached)
+		return 0;
 	ret = tracepoint_probe_register(kmx_tp_enter, (void *)kmx_sys_enter, NULL);
 	if (ret)
 		return ret;
@@ -447,13 +495,18 @@ int kmx_probes_register(void)
 	if (ret) {
 		tracepoint_probe_unregister(kmx_tp_enter, (void *)kmx_sys_enter, NULL);
 		kmx_tracepoint_sync();
+		return ret;
 	}
-	return ret;
+	kmx_attached = true;
+	return 0;
 }
 
 void kmx_probes_unregister(void)
 {
+	if (!kmx_attached)
+		return;
 	tracepoint_probe_unregister(kmx_tp_exit, (void *)kmx_sys_exit, NULL);
 	tracepoint_probe_unregister(kmx_tp_enter, (void *)kmx_sys_enter, NULL);
 	kmx_tracepoint_sync();
+	kmx_attached = false;
 }

@@ -14,8 +14,9 @@
  * strict alignment).
  *
  * Configuration is `const volatile` in .rodata, set by the loader before load (the verifier then
- * knows it as constants): snapshot length, target tgid (its threads and its direct children, the
- * module's SET_FILTER_TGID rule), sampling 1 in N syscalls (enter and exit kept as a pair).
+ * knows it as constants): snapshot length, sampling 1 in N syscalls (enter and exit kept as a
+ * pair). The target tgid (its threads and its direct children, the module's SET_FILTER_TGID rule)
+ * is the `filter` map's value, changed at any time.
  * Capturing on/off is attaching/detaching the programs.
  */
 #include "vmlinux.h"
@@ -37,8 +38,14 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile struct kmx_modern_config kmx_config = {
 	.snaplen = KMX_SNAPLEN_DEFAULT,
 	.sample_every = 1,
-	.filter_tgid = 0,
 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} filter SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -283,7 +290,9 @@ static __always_inline void kmx_put_fd2(struct kmx_writer *w, __u64 ptr)
 
 static __always_inline bool kmx_wanted(__u64 pid_tgid)
 {
-	__u64 filter = kmx_config.filter_tgid;
+	__u32 zero = 0;
+	__u64 *wanted = bpf_map_lookup_elem(&filter, &zero);
+	__u64 filter = wanted ? *wanted : 0;
 	struct task_struct *task;
 
 	if (!filter || (pid_tgid >> 32) == filter)

@@ -6,12 +6,17 @@
 #ifndef KMX_MODERN_H
 #define KMX_MODERN_H
 
-/* .rodata, set before load (bpfdev packs it as "IIQ"). */
+/* .rodata, set before load (bpfdev packs it as "II"). */
 struct kmx_modern_config {
 	__u32 snaplen;          /* bytes copied per buffer or string: 1..KMX_SNAPLEN_MAX */
 	__u32 sample_every;     /* keep 1 syscall in N (enter and exit together); 0 or 1: all */
-	__u64 filter_tgid;      /* 0: every process; else that process's threads and its direct children */
 };
+
+/*
+ * The `filter` array's one __u64 value, written by the loader at any time (no reload, like the
+ * module's SET_FILTER_TGID): 0 captures every process; else that process's threads and its
+ * direct children.
+ */
 
 /* The `counters` per-CPU array's one value (bpfdev reads it as "QQQQQ" per CPU). */
 struct kmx_modern_counters {

@@ -31,7 +31,8 @@ DEFAULT_OBJECT = "/opt/kmatrix/drivers/kmx_modern.bpf.o"
 RING_MAP = "events"
 COUNTERS_MAP = "counters"
 # struct kmx_modern_config and struct kmx_modern_counters (drivers/modern_bpf/kmx_modern.h)
-CONFIG = struct.Struct("=IIQ")
+CONFIG = struct.Struct("=II")
+FILTER_MAP = "filter"  # one __u64: the target tgid, written at any time
 COUNTERS = struct.Struct("=QQQQQ")
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -77,7 +78,7 @@ class ModernBpfDevice:
         self.bpf_stats = set_bpf_stats(True) if bpf_stats else False
         self.ncpus = int(libbpf().libbpf_num_possible_cpus())
         self.obj: BpfObject | None = None
-        self._loaded_config: tuple[int, int, int] | None = None
+        self._loaded_config: tuple[int, int] | None = None
         self._ring: Any = None
         self._pending: list[bytes] = []
         self.capturing = False
@@ -90,8 +91,9 @@ class ModernBpfDevice:
         return max(1, min(int(value), self.schema.const("KMX_SNAPLEN_MAX")))
 
     @property
-    def config(self) -> tuple[int, int, int]:
-        return (self.snaplen, self.sample_every, self.filter_tgid)
+    def config(self) -> tuple[int, int]:
+        """What is read-only data of a loaded object (a change reloads it at the next start)."""
+        return (self.snaplen, self.sample_every)
 
     def _set(self, name: str, value: int) -> None:
         if self.capturing and getattr(self, name) != value:
@@ -103,10 +105,17 @@ class ModernBpfDevice:
         self._set("snaplen", self._clamp(snaplen))
 
     def set_filter_tgid(self, tgid: int) -> None:
-        self._set("filter_tgid", int(tgid))
+        """Applies at once, even while capturing (the `filter` map, not read-only data)."""
+        self.filter_tgid = int(tgid)
+        if self.obj is not None:
+            self.obj.update_array(FILTER_MAP, 0, struct.pack("=Q", self.filter_tgid))
 
     def set_sample_every(self, every: int) -> None:
         self._set("sample_every", max(1, int(every)))
+
+    def set_sampling(self, every: int) -> None:
+        """Keep 1 in `every` syscalls (the consumers' common name; applied at the next load)."""
+        self.set_sample_every(every)
 
     @property
     def info(self) -> DeviceInfo:
@@ -125,6 +134,7 @@ class ModernBpfDevice:
             obj.set_rodata(CONFIG.pack(*self.config))
             obj.set_max_entries(RING_MAP, self.buffer_bytes)
             obj.load()
+            obj.update_array(FILTER_MAP, 0, struct.pack("=Q", self.filter_tgid))
             self._ring = obj.ring_buffer(RING_MAP, self._pending.append)
         except BaseException:
             obj.close()

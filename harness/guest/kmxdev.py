@@ -87,6 +87,10 @@ class KmxDevice:
     def set_filter_tgid(self, tgid: int) -> None:
         fcntl.ioctl(self.fd, self._nr("SET_FILTER_TGID", "w", 8), _U64.pack(tgid))
 
+    def set_sampling(self, every: int) -> None:
+        """Keep 1 in `every` syscalls (enter and exit together); 0 or 1 keeps all."""
+        fcntl.ioctl(self.fd, self._nr("SET_SAMPLING", "w", 4), struct.pack("=I", every))
+
     def stats(self) -> list[CpuStats]:
         result = []
         for cpu in range(self.info.ncpus):

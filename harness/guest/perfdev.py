@@ -35,8 +35,8 @@ DEFAULT_OBJECT = "/opt/kmatrix/drivers/kmx_legacy.bpf.o"  # where harness/cells.
 MAP_CONFIG = "kmx_config"
 MAP_STATS = "kmx_stats"
 MAP_EVENTS = "kmx_events"
-CONFIG = struct.Struct("=QII")  # filter_tgid, snaplen, capturing
-STATS = struct.Struct("=QQQ")  # events, drops, bytes
+CONFIG = struct.Struct("=QIIII")  # filter_tgid, snaplen, capturing, sample_every, pad
+STATS = struct.Struct("=QQQQ")  # events, drops, bytes, seen
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MEMBARRIER_CMD_GLOBAL = 1  # synchronize_rcu(): every probe that saw capturing=1 has finished
 
@@ -75,7 +75,7 @@ def parse_stats(raw: bytes, ncpus: int, online: set[int]) -> list[CpuStats]:
     stride = (STATS.size + 7) // 8 * 8
     result = []
     for cpu in range(ncpus):
-        events, drops, nbytes = STATS.unpack_from(raw, cpu * stride)
+        events, drops, nbytes, _seen = STATS.unpack_from(raw, cpu * stride)
         result.append(CpuStats(cpu, cpu in online, events, drops, nbytes))
     return result
 
@@ -127,6 +127,7 @@ class LegacyBpfDevice:
         self.ncpus = max(self.possible) + 1 if self.possible else 1
         self.snaplen_max = schema.const("KMX_SNAPLEN_MAX")
         self._filter = 0
+        self._sample_every = 1
         self._snaplen = clamp_snaplen(snaplen or schema.const("KMX_SNAPLEN_DEFAULT"), self.snaplen_max)
         self._capturing = False
         self._records: list[tuple[int, bytes]] = []
@@ -159,7 +160,9 @@ class LegacyBpfDevice:
 
     # -- configuration -----------------------------------------------------------------------------
     def _write_config(self) -> None:
-        self.obj.update_array(MAP_CONFIG, 0, CONFIG.pack(self._filter, self._snaplen, int(self._capturing)))
+        self.obj.update_array(
+            MAP_CONFIG, 0, CONFIG.pack(self._filter, self._snaplen, int(self._capturing), self._sample_every, 0)
+        )
 
     def _refresh_info(self) -> None:
         self.info = DeviceInfo(
@@ -173,6 +176,11 @@ class LegacyBpfDevice:
 
     def set_filter_tgid(self, tgid: int) -> None:
         self._filter = int(tgid)
+        self._write_config()
+
+    def set_sampling(self, every: int) -> None:
+        """Keep 1 in `every` syscalls (enter and exit together); 0 or 1 keeps all."""
+        self._sample_every = max(0, int(every))
         self._write_config()
 
     def _synchronize(self) -> None:

@@ -457,7 +457,7 @@ def test_cpu_lists() -> None:
 
 
 def test_per_cpu_stats_are_parsed_per_possible_cpu() -> None:
-    raw = struct.pack("=QQQ", 10, 1, 800) + struct.pack("=QQQ", 20, 0, 1600)
+    raw = struct.pack("=QQQQ", 10, 1, 800, 0) + struct.pack("=QQQQ", 20, 0, 1600, 0)
     assert perfdev.parse_stats(raw, 2, {0}) == [CpuStats(0, True, 10, 1, 800), CpuStats(1, False, 20, 0, 1600)]
 
 
