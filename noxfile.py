@@ -3,6 +3,7 @@
 nox -s tests                      unit tests + boot tests on the `ci` profile (what CI runs)
 nox -s lint                       ruff + mypy --strict
 nox -s "boot(arch='riscv64')"     boot every kernel of one architecture (one session per arch)
+nox -s bench -- --kmatrix-arch x86_64   throughput benchmarks (pytest-benchmark; JSON + report in runs/)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff and mypy --strict on harness/."""
     _install(session)
-    session.run("ruff", "check", "harness", "tests", "noxfile.py")
+    session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
     session.run("mypy")
 
 
@@ -65,3 +66,12 @@ def matrix(session: nox.Session, arch: str) -> None:
     _install(session)
     session.run("pytest", "-m", "vm", "tests/integration/test_capture.py", "--kmatrix-profile", "full",
                 "--kmatrix-arch", arch, *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Throughput benchmarks: pytest-benchmark over (arch, subject) at each newest kernel (posargs to pytest)."""
+    _install(session)
+    out = ROOT / "runs" / "bench-pytest"
+    out.mkdir(parents=True, exist_ok=True)
+    session.run("pytest", "benchmarks", f"--benchmark-json={out / 'benchmark.json'}", *session.posargs)

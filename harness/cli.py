@@ -307,6 +307,41 @@ def _print_results(results: list[Any], run_dir: Path) -> None:
     out.print(table)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench.report import render_table, write_report
+    from harness.bench.run import DRIVERS, PEERS, BenchOptions, bench
+    from harness.runner import new_run_dir
+
+    ws = _workspace(args)
+    archs = _arch_list(args.arch) if args.arch else list(ARCH_NAMES)
+    cells = []
+    for arch in archs:
+        refs = ws.matrix.kernels(arch) if args.kernel == "all" else [ws.matrix.newest_kernel(arch)]
+        if args.kernel not in (None, "all"):
+            refs = [r for r in ws.matrix.kernels(arch) if args.kernel in (r.label, r.suite)]
+            if not refs:
+                raise UsageError(f"--kernel {args.kernel!r} matches no {arch} kernel of matrix.yaml")
+        cells += [(arch, ref) for ref in refs]
+    subjects = None if args.driver in (None, "all") else [d.strip() for d in args.driver.split(",") if d.strip()]
+    for name in subjects or []:
+        if name not in (*DRIVERS, *PEERS):
+            raise UsageError(f"--driver {name!r} is not one of {', '.join((*DRIVERS, *PEERS))}")
+    drivers = [d for d in DRIVERS if subjects is None or d in subjects]
+    peers = [p for p in PEERS if subjects is None or p in subjects or args.peers]
+    if args.repeats < 1 or args.duration_ms < 100:
+        raise UsageError("--repeats must be >= 1 and --duration-ms >= 100")
+    out_dir = args.output or new_run_dir(None, "bench")
+    results = bench(ws, cells, out_dir, drivers=drivers, peers=peers,
+                    options=BenchOptions(repeats=args.repeats, duration_ms=args.duration_ms, quick=args.quick))
+    written = write_report(results, out_dir)
+    if args.json:
+        print((out_dir / "bench.json").read_text())
+    else:
+        print(render_table(results))
+        out.print(f"results: {out_dir / 'bench.json'}; report: {', '.join(str(p) for p in written)}")
+    return 0 if all(run.status in ("pass", "skip") for run in results.runs) else 1
+
+
 def cmd_syscalls(args: argparse.Namespace) -> int:
     from harness.syscalls import cli_syscalls
 
@@ -385,6 +420,19 @@ def build_parser() -> Parser:
     p.add_argument("-o", "--output", type=Path, default=None, help="run directory (default: runs/run-*)")
     p.add_argument("--fault", default=None, help=argparse.SUPPRESS)  # test-only driver fault injection
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", parents=[common],
+                       help="throughput: syscall-storm overhead, events/s, drops per driver, beside ftrace and auditd")
+    p.add_argument("--arch", default=None, help="an architecture, a comma list, or all (default: all)")
+    p.add_argument("--kernel", default=None, help="a kernel (suite name or label), or all (default: the newest)")
+    p.add_argument("--driver", default=None,
+                   help="subjects: drivers and/or peers (kmod, bpf, modern_bpf, ftrace, auditd), a comma list, or all")
+    p.add_argument("--peers", action="store_true", help="with --driver: measure both peers too")
+    p.add_argument("--repeats", type=int, default=3, help="storms per measurement, with and without capture")
+    p.add_argument("--duration-ms", type=int, default=1000, help="each storm's window")
+    p.add_argument("--quick", action="store_true", help="only the default configuration (both mixes) per driver")
+    p.add_argument("-o", "--output", type=Path, default=None, help="output directory (default: runs/bench-*)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("syscalls", parents=[common], help="an architecture's syscall table (name -> number)")
     p.add_argument("--arch", required=True, help="x86_64, aarch64, s390x, ppc64le, riscv64, loongarch64, or x86 (ia32)")

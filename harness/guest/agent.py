@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 
+from harness.guest.bench import op_bench
 from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
 from harness.guest.ia32 import op_ia32
@@ -83,6 +84,7 @@ HANDLERS: dict[str, Handler] = {
     "read_file": op_read_file,
     "capture": op_capture,
     "ia32": op_ia32,
+    "bench": op_bench,
 }
 
 

@@ -175,6 +175,20 @@ class ModernBpfDevice:
             self.obj.detach_all()
         self.capturing = False
 
+    def consume_counts(self, limit: int | None = None) -> tuple[int, int, float | None]:
+        """Throughput: consume records without copying them; events, bytes, and the ring's fill before."""
+        ring = self._ring
+        if ring is None:
+            return 0, 0, None
+        ring.counting = True
+        fill = ring.fill()
+        events, nbytes = ring.count, ring.count_bytes
+        if limit:
+            ring.consume_n(limit)
+        else:
+            ring.consume()
+        return ring.count - events, ring.count_bytes - nbytes, fill
+
     def drain_raw(self) -> list[bytes]:
         """Every record in the ring now, as bytes, in ring order."""
         if self._ring is not None:

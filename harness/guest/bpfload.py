@@ -198,8 +198,16 @@ class RingBuffer:
     def __init__(self, map_fd: int, on_event: Callable[[bytes], None]) -> None:
         self._on_event = on_event
         self.error: BaseException | None = None
+        # Counting mode (throughput): records are counted, not copied or handed over.
+        self.counting = False
+        self.count = 0
+        self.count_bytes = 0
 
         def sample(_ctx: int | None, data: int | None, size: int) -> int:
+            if self.counting:
+                self.count += 1
+                self.count_bytes += size
+                return 0
             try:
                 self._on_event(ctypes.string_at(data or 0, size))
             except BaseException as error:  # stop consuming; re-raised by poll/consume
@@ -228,6 +236,30 @@ class RingBuffer:
         """Consume every available record without waiting: how many."""
         return self._check(libbpf().ring_buffer__consume(self._ptr), "consume")
 
+    def consume_n(self, n: int) -> int:
+        """Consume at most n records (libbpf >= 1.3's ring_buffer__consume_n; else all available)."""
+        lib = libbpf()
+        func = getattr(lib, "ring_buffer__consume_n", None)
+        if func is None:
+            return self.consume()
+        func.restype, func.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t]
+        return self._check(func(self._ptr, n), "consume_n")
+
+    def fill(self) -> float | None:
+        """Unconsumed bytes over the ring's size (libbpf >= 1.3's ring__ API; None without it)."""
+        lib = libbpf()
+        get_ring = getattr(lib, "ring_buffer__ring", None)
+        avail = getattr(lib, "ring__avail_data_size", None)
+        size = getattr(lib, "ring__size", None)
+        if get_ring is None or avail is None or size is None:
+            return None
+        get_ring.restype, get_ring.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_uint]
+        avail.restype, avail.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+        size.restype, size.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+        ring = get_ring(self._ptr, 0)
+        total = size(ring) if ring else 0
+        return avail(ring) / total if total else None
+
     def free(self) -> None:
         if self._ptr:
             libbpf().ring_buffer__free(self._ptr)
@@ -240,8 +272,15 @@ class PerfBuffer:
     def __init__(self, map_fd: int, page_cnt: int, on_event: Callable[[int, bytes], None],
                  on_lost: Callable[[int, int], None]) -> None:
         self.error: BaseException | None = None
+        self.counting = False  # as RingBuffer's
+        self.count = 0
+        self.count_bytes = 0
 
         def sample(_ctx: int | None, cpu: int, data: int | None, size: int) -> None:
+            if self.counting:
+                self.count += 1
+                self.count_bytes += size
+                return
             if self.error is not None:
                 return
             try:

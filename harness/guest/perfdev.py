@@ -228,6 +228,15 @@ class LegacyBpfDevice:
         self.perf.consume()
         return len(self._records) - before
 
+    def consume_counts(self, limit: int | None = None) -> tuple[int, int, float | None]:
+        """Throughput: consume every CPU's records without copying them (perf buffers cannot stop
+        after `limit`, and libbpf shows no fill level): events and bytes."""
+        del limit
+        self.perf.counting = True
+        events, nbytes = self.perf.count, self.perf.count_bytes
+        self.perf.consume()
+        return self.perf.count - events, self.perf.count_bytes - nbytes, None
+
     def drain(self) -> list[Event]:
         """Every CPU's events so far, merged by timestamp (each CPU's own stream is already in order)."""
         self.perf.consume()

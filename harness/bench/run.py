@@ -1,0 +1,166 @@
+"""Run the throughput suite: one guest per (arch, kernel) measures every driver and both peers.
+
+All subjects of an (arch, kernel) are measured in one guest boot, each against baselines taken
+moments before in that same guest, so their ratios compare. Drivers that do not apply to the
+kernel (the matrix's applicability) are reported as skipped with the reason; a peer that cannot run
+there says why too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.archs import get_arch
+from harness.bench.results import BenchResults, BenchRun, SubjectResult, now_iso
+from harness.cells import CellResult, _boot_with_retry, build_driver, files_overlay
+from harness.errors import BuildError, GuestError, KmatrixError
+from harness.matrix import Cell, KernelRef, applicability
+from harness.paths import project_root
+from harness.runner import Workspace, prepare
+from harness.vm import GuestCrash
+
+DRIVERS = ("kmod", "bpf", "modern_bpf")
+PEERS = ("ftrace", "auditd")
+GUEST_STORM = "opt/kmatrix/tools/storm"
+SUITE = "throughput"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    repeats: int = 3
+    duration_ms: int = 1000
+    quick: bool = False  # only the default configuration (both mixes) per driver
+
+
+def git_revision() -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(project_root()), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+def _guest_timeout(options: BenchOptions, n_drivers: int, n_peers: int) -> float:
+    """Every measurement is 2 x repeats storms, plus loads: generous, it only bounds a hang."""
+    per_config = 2 * options.repeats * (options.duration_ms / 1000 + 4)
+    configs = n_drivers * (2 if options.quick else 7) + 2 * n_peers
+    return 300 + configs * per_config * 2
+
+
+def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, drivers: list[str] | None = None,
+               peers: list[str] | None = None, options: BenchOptions = BenchOptions()) -> BenchRun:
+    """Build, boot and measure one (arch, kernel); never raises KmatrixError (it becomes the run's status)."""
+    arch = get_arch(arch_name)
+    cell_dir = run_dir / f"{arch_name}-{ref.label}-throughput"
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    run = BenchRun(arch=arch_name, kernel=ref.label, accel="none", vcpus=1, duration_s=options.duration_ms / 1000,
+                   repeats=options.repeats, status="error")
+    subjects: list[SubjectResult] = []
+    try:
+        kernel = ws.kernel(arch, ref)
+        run.kernel_release = kernel.release
+        files: list[tuple[Path, str, int]] = []
+        wanted: list[dict[str, str]] = []
+        for name in drivers or list(DRIVERS):
+            cell = Cell(arch_name, ref, name, SUITE)
+            verdict = applicability(ws.matrix, cell, kernel.facts)
+            if not verdict.runnable:
+                subjects.append(_subject(name, "skip", verdict.reason))
+                continue
+            kind = ws.matrix.drivers[name].kind
+            try:
+                build = build_driver(ws, kind, cell, None)
+            except BuildError as error:
+                subjects.append(_subject(name, "error", f"build: {error}"))
+                continue
+            files.append((build.path, build.guest_path, 0o644))
+            wanted.append({"subject": name, "kind": kind, "artifact": "/" + build.guest_path})
+        for peer in peers if peers is not None else list(PEERS):
+            if peer == "auditd":
+                problem = _add_auditd(ws, arch_name, files)
+                if problem:
+                    subjects.append(_subject("auditd", "skip", problem))
+                    continue
+            wanted.append({"subject": peer, "kind": peer})
+        from harness.build.tools import build_storm
+
+        storm = build_storm(ws.cache, arch_name, log=ws.say)
+        files.append((storm.path, GUEST_STORM, 0o755))
+        reply = _run_guest(ws, arch_name, ref, cell_dir, files, wanted, options, run)
+        (cell_dir / "bench.json").write_text(json.dumps(reply, indent=2))
+        run.vcpus = int(reply.get("vcpus", 1))
+        run.baseline = {k: float(v) for k, v in reply.get("baseline", {}).items()}
+        for item in reply.get("subjects", []):
+            subjects.append(SubjectResult.model_validate(item))
+        run.status = "fail" if any(s.status in ("fail", "error") for s in subjects) else "pass"
+        failed = [s for s in subjects if s.status in ("fail", "error")]
+        run.reason = f"{failed[0].subject}: {failed[0].reason}" if failed else None
+    except GuestCrash as error:
+        run.status, run.reason = "fail", str(error)
+    except (KmatrixError, GuestError) as error:
+        run.status, run.reason = "error", str(error)
+    order = {name: i for i, name in enumerate((*DRIVERS, *PEERS))}
+    run.subjects = sorted(subjects, key=lambda s: order.get(s.subject, 99))
+    return run
+
+
+def _subject(name: str, status: str, reason: str | None) -> SubjectResult:
+    return SubjectResult.model_validate({"subject": name, "status": status, "reason": reason})
+
+
+def _add_auditd(ws: Workspace, arch_name: str, files: list[tuple[Path, str, int]]) -> str | None:
+    """Debian's auditd for this architecture into the overlay; the reason when it cannot be."""
+    from harness.bench.auditd import auditd_files
+
+    try:
+        files += auditd_files(ws.repo, ws.matrix.userland_suite(arch_name), get_arch(arch_name), ws.cache)
+    except (KmatrixError, OSError) as error:
+        return f"auditd for {arch_name} could not be prepared: {error}"
+    return None
+
+
+def _run_guest(ws: Workspace, arch_name: str, ref: KernelRef, cell_dir: Path, files: list[tuple[Path, str, int]],
+               wanted: list[dict[str, str]], options: BenchOptions, run: BenchRun) -> dict[str, Any]:
+    arch = get_arch(arch_name)
+    spec, _kernel, _image, _reason = prepare(ws, arch, ref)
+    overlay = files_overlay(files, cell_dir / "bench.cpio.gz")
+    spec = dataclasses.replace(spec, overlays=(overlay,))
+    run.accel = spec.accel
+    holder = CellResult(cell_dir.name, arch_name, ref.label, "all", SUITE)
+    guest = _boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, holder)
+    n_peers = sum(1 for w in wanted if w["kind"] in PEERS)
+    timeout = _guest_timeout(options, len(wanted) - n_peers, n_peers)
+    try:
+        started = time.monotonic()
+        reply = guest.request("bench", timeout_s=timeout, subjects=wanted, storm="/" + GUEST_STORM,
+                              repeats=options.repeats, duration_ms=options.duration_ms, quick=options.quick)
+        reply["host_seconds"] = round(time.monotonic() - started, 1)
+        guest.poweroff()
+    finally:
+        guest.close()
+    if not reply.get("ok"):
+        raise GuestError(f"guest: {reply.get('error')}")
+    return reply
+
+
+def bench(ws: Workspace, cells: list[tuple[str, KernelRef]], out_dir: Path, *, drivers: list[str] | None = None,
+          peers: list[str] | None = None, options: BenchOptions = BenchOptions()) -> BenchResults:
+    """Every (arch, kernel): results saved (after each, so an interruption keeps what was measured)."""
+    from harness.bench.results import save_results
+
+    results = BenchResults(kmatrix_version=__version__, git_revision=git_revision(), created=now_iso())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for arch_name, ref in cells:
+        ws.say(f"[bold]{arch_name}-{ref.label}[/]: throughput")
+        run = bench_cell(ws, arch_name, ref, out_dir, drivers=drivers, peers=peers, options=options)
+        ws.say(f"{arch_name}-{ref.label}: {run.status}" + (f" ({run.reason})" if run.reason else ""))
+        results.runs.append(run)
+        save_results(results, out_dir / "bench.json")
+    return results
