@@ -428,7 +428,7 @@ def build_parser() -> Parser:
     p.add_argument("--driver", default=None,
                    help="subjects: drivers and/or peers (kmod, bpf, modern_bpf, ftrace, auditd), a comma list, or all")
     p.add_argument("--peers", action="store_true", help="with --driver: measure both peers too")
-    p.add_argument("--repeats", type=int, default=3, help="storms per measurement, with and without capture")
+    p.add_argument("--repeats", type=int, default=5, help="storms per measurement, with and without capture")
     p.add_argument("--duration-ms", type=int, default=1000, help="each storm's window")
     p.add_argument("--quick", action="store_true", help="only the default configuration (both mixes) per driver")
     p.add_argument("-o", "--output", type=Path, default=None, help="output directory (default: runs/bench-*)")

@@ -33,7 +33,7 @@ SUITE = "throughput"
 
 @dataclasses.dataclass(frozen=True)
 class BenchOptions:
-    repeats: int = 3
+    repeats: int = 5
     duration_ms: int = 1000
     quick: bool = False  # only the default configuration (both mixes) per driver
 
@@ -68,7 +68,7 @@ def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, 
         run.kernel_release = kernel.release
         files: list[tuple[Path, str, int]] = []
         wanted: list[dict[str, str]] = []
-        for name in drivers or list(DRIVERS):
+        for name in drivers if drivers is not None else list(DRIVERS):
             cell = Cell(arch_name, ref, name, SUITE)
             verdict = applicability(ws.matrix, cell, kernel.facts)
             if not verdict.runnable:
