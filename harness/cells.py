@@ -200,7 +200,7 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         spec = dataclasses.replace(spec, overlays=(overlay,))
         result.accel = spec.accel
         result.metrics["accel_reason"] = accel_reason
-        guest = _boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, result)
+        guest = boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, result)
         try:
             started = time.monotonic()
             reply = guest.request(op, timeout_s=timeout_s, driver=kind, artifact="/" + build.guest_path,
@@ -238,7 +238,7 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
 BOOT_RETRIES = 1
 
 
-def _boot_with_retry(spec: BootSpec, cell_dir: Path, timeout_s: float, result: CellResult) -> Guest:
+def boot_with_retry(spec: BootSpec, cell_dir: Path, timeout_s: float, result: CellResult) -> Guest:
     """A started guest whose agent is ready; the console log of a failed attempt is kept beside."""
     for attempt in range(BOOT_RETRIES + 1):
         log = cell_dir / ("console.log" if attempt == 0 else f"console.retry{attempt}.log")

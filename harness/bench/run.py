@@ -18,7 +18,7 @@ from typing import Any
 from harness import __version__
 from harness.archs import get_arch
 from harness.bench.results import BenchResults, BenchRun, SubjectResult, now_iso
-from harness.cells import CellResult, _boot_with_retry, build_driver, files_overlay
+from harness.cells import CellResult, boot_with_retry, build_driver, files_overlay
 from harness.errors import BuildError, GuestError, KmatrixError
 from harness.matrix import Cell, KernelRef, applicability
 from harness.paths import project_root
@@ -134,7 +134,7 @@ def _run_guest(ws: Workspace, arch_name: str, ref: KernelRef, cell_dir: Path, fi
     spec = dataclasses.replace(spec, overlays=(overlay,))
     run.accel = spec.accel
     holder = CellResult(cell_dir.name, arch_name, ref.label, "all", SUITE)
-    guest = _boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, holder)
+    guest = boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, holder)
     n_peers = sum(1 for w in wanted if w["kind"] in PEERS)
     timeout = _guest_timeout(options, len(wanted) - n_peers, n_peers)
     try:

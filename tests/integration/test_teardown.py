@@ -76,7 +76,7 @@ def test_sigkill_of_the_harness_kills_qemu_too(tmp_path: Path) -> None:
 def test_boot_failure_is_retried_once_and_recorded(workspace: object, tmp_path: Path) -> None:
     """A boot that never reaches the agent (here: a 0.5 s deadline) is retried once, then reported."""
     from harness.archs import get_arch
-    from harness.cells import BOOT_RETRIES, CellResult, _boot_with_retry
+    from harness.cells import BOOT_RETRIES, CellResult, boot_with_retry
     from harness.errors import BootError
     from harness.runner import Workspace, prepare
 
@@ -85,7 +85,7 @@ def test_boot_failure_is_retried_once_and_recorded(workspace: object, tmp_path: 
                                              accel="tcg")
     result = CellResult("c", "x86_64", "k", "kmod", "capture")
     with pytest.raises(BootError, match="timed out"):
-        _boot_with_retry(spec, tmp_path, 0.5, result)
+        boot_with_retry(spec, tmp_path, 0.5, result)
     assert len(result.metrics["boot_retries"]) == BOOT_RETRIES == 1
     assert (tmp_path / "console.log").exists() and (tmp_path / "console.retry1.log").exists()
     time.sleep(0.5)
