@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from harness.guest.workload import MARK_BEGIN, MARK_END, syscall_table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 
@@ -95,17 +97,27 @@ def _capture_once(request: dict[str, Any]) -> dict[str, Any]:
     driver = str(request.get("driver", "kmod"))
     artifact = str(request.get("artifact") or request["module"])
     timings: dict[str, float] = {}
-    if driver == "kmod":
-        started = time.monotonic()
-        load_module(artifact, {"buffer_bytes": int(request.get("buffer_bytes", 8 << 20))})
-        timings["load_s"] = round(time.monotonic() - started, 3)
-    try:
-        return _capture(schema, driver, artifact, request, timings)
-    finally:
+    started = time.monotonic()
+    with module_loaded(driver, artifact, int(request.get("buffer_bytes", 8 << 20))):
         if driver == "kmod":
-            problem = unload_module()
-            if problem:
-                print(f"rmmod kmx: {problem}", file=sys.stderr)
+            timings["load_s"] = round(time.monotonic() - started, 3)
+        return _capture(schema, driver, artifact, request, timings)
+
+
+@contextlib.contextmanager
+def module_loaded(driver: str, artifact: str, buffer_bytes: int) -> Iterator[None]:
+    """The kernel module loaded for the block (other drivers need nothing here); a failed rmmod is
+    reported on stderr, not raised over the block's own result or error."""
+    if driver != "kmod":
+        yield
+        return
+    load_module(artifact, {"buffer_bytes": buffer_bytes})
+    try:
+        yield
+    finally:
+        problem = unload_module()
+        if problem:
+            print(f"rmmod kmx: {problem}", file=sys.stderr)
 
 
 def open_consumer(schema: Any, driver: str, artifact: str, *, tgid: int, snaplen: int, buffer_bytes: int) -> Any:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-import sys
 import time
 
 from harness.guest import tracefs
-from harness.guest.capture import load_module, open_consumer, refuse_outside_guest, unload_module
+from harness.guest.capture import module_loaded, open_consumer, refuse_outside_guest
 from harness.guest.ia32_log import MARK_BEGIN, MARK_END, parse_log
 from harness.guest.schema import load_schema
 from harness.guest.verify import timestamps_monotonic, verify_calls
@@ -68,15 +67,8 @@ def op_ia32(request: dict[str, Any]) -> dict[str, Any]:
     driver = str(request.get("driver", "kmod"))
     artifact = str(request["artifact"])
     buffer_bytes = int(request.get("buffer_bytes", 8 << 20))
-    if driver == "kmod":
-        load_module(artifact, {"buffer_bytes": buffer_bytes})
-    try:
+    with module_loaded(driver, artifact, buffer_bytes):
         return _run(schema, driver, artifact, request, buffer_bytes)
-    finally:
-        if driver == "kmod":
-            problem = unload_module()
-            if problem:
-                print(f"rmmod kmx: {problem}", file=sys.stderr)
 
 
 def _spawn(argv: list[str], program: str) -> tuple[int, int, int]:
