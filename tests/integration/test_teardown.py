@@ -42,6 +42,9 @@ def _boot_until_qemu_runs(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "boot", "--arch", "x86_64", "--accel", "tcg", "-o", str(tmp_path), "-q"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A shell's background job inherits SIGINT ignored, and Python then keeps ignoring it: give
+        # the harness the default disposition a terminal user's would have.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     qemu: list[int] = []
