@@ -54,10 +54,15 @@ def storm_run(
         os.close(ready_r)
     figures: dict[str, Any] = {}
     assert proc.stdin is not None and proc.stdout is not None
-    if subject is not None:
-        subject.start(proc.pid)
-    proc.stdin.write(b"g")
-    proc.stdin.close()
+    try:
+        if subject is not None:
+            subject.start(proc.pid)
+        proc.stdin.write(b"g")
+        proc.stdin.close()
+    except BaseException:
+        proc.kill()  # a storm waiting for its start byte must not outlive a subject that failed to attach
+        proc.wait()
+        raise
     consumed = 0
     fill = 0.0
     if subject is not None:
