@@ -46,6 +46,13 @@ class ArchProfile:
     # Debian packages that provide `qemu_binary`, by host release (bookworm ships some in -misc).
     qemu_packages: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tcg_boot_timeout_s: int = 120
+    # QEMU's TCG for this target supports -icount (a guest clock that counts instructions, so the
+    # bench's ratios do not move with host load). QEMU's loongarch64 aborts under it ("Raised
+    # interrupt while not in I/O function"), measured with QEMU 10.0 here.
+    tcg_icount: bool = True
+    # -icount shift for the bench: 2**shift ns of guest time per instruction. 3 (a 125 MIPS guest)
+    # where TCG runs near that; s390x's TCG is about 4x slower, so its guest second is shorter.
+    icount_shift: int = 3
 
     @property
     def uname_m(self) -> str:
@@ -96,6 +103,7 @@ ARCHS: dict[str, ArchProfile] = {
         bpf_target="bpfeb",
         zig_target="s390x-linux-musl",
         big_endian=True,
+        icount_shift=5,
         qemu_packages={"bookworm": ("qemu-system-misc",), "trixie": ("qemu-system-s390x",)},
     ),
     "ppc64le": ArchProfile(
@@ -138,6 +146,7 @@ ARCHS: dict[str, ArchProfile] = {
         machine="virt",
         cpu="la464",
         memory_mb=2048,
+        tcg_icount=False,
         console="ttyS0,115200",
         firmware=Firmware(
             suite="trixie",

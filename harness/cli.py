@@ -333,7 +333,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--repeats must be >= 1 and --duration-ms >= 100")
     out_dir = args.output or new_run_dir(None, "bench")
     results = bench(ws, cells, out_dir, drivers=drivers, peers=peers,
-                    options=BenchOptions(repeats=args.repeats, duration_ms=args.duration_ms, quick=args.quick))
+                    options=BenchOptions(repeats=args.repeats, duration_ms=args.duration_ms, quick=args.quick,
+                                         clock=args.clock))
     written = write_report(results, out_dir)
     if args.json:
         print((out_dir / "bench.json").read_text())
@@ -432,6 +433,9 @@ def build_parser() -> Parser:
     p.add_argument("--repeats", type=int, default=5, help="storms per measurement, with and without capture")
     p.add_argument("--duration-ms", type=int, default=1000, help="each storm's window")
     p.add_argument("--quick", action="store_true", help="only the default configuration (both mixes) per driver")
+    p.add_argument("--clock", choices=("auto", "icount", "wall"), default="auto",
+                   help="how the guest times storms: TCG's instruction-counting clock (repeatable on a busy host), "
+                        "real time, or auto: icount where the architecture's TCG supports it (default)")
     p.add_argument("-o", "--output", type=Path, default=None, help="output directory (default: runs/bench-*)")
     p.set_defaults(func=cmd_bench)
 

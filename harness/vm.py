@@ -44,6 +44,9 @@ class BootSpec:
     firmware: Path | None = None  # -bios file for arches whose firmware comes from Debian
     mode: str = "agent"  # "agent" or "shell"
     extra_cmdline: tuple[str, ...] = ()
+    # TCG only: the guest clock advances 2**shift ns per instruction (-icount), so what the guest
+    # times depends on the instructions it ran, not on how busy the host is. One vCPU thread.
+    icount_shift: int | None = None
     # Extra gzip'd cpio archives appended to the initrd: the kernel unpacks concatenated archives
     # in order, so per-cell artifacts (a built driver, helpers) ride on the cached base image.
     overlays: tuple[Path, ...] = ()
@@ -78,12 +81,20 @@ def combine_initrd(spec: BootSpec, dest: Path) -> Path:
 def qemu_command(spec: BootSpec, initrd: Path | None = None) -> list[str]:
     arch = spec.arch
     machine = ",".join([arch.machine, *arch.machine_args])
-    argv = [arch.qemu_binary, "-machine", machine, "-accel", spec.accel]
+    accel = spec.accel
+    if spec.icount_shift is not None:
+        if spec.accel != "tcg":
+            raise ValueError(f"-icount needs TCG, not {spec.accel}")
+        accel = "tcg,thread=single"  # icount cannot run vCPUs in parallel threads
+    argv = [arch.qemu_binary, "-machine", machine, "-accel", accel]
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]
     elif arch.cpu:
         argv += ["-cpu", arch.cpu]
     argv += ["-smp", str(spec.smp), "-m", str(spec.memory_mb or arch.memory_mb)]
+    if spec.icount_shift is not None:
+        # sleep=off: an idle guest's clock jumps to its next timer, so idle time costs no wall time.
+        argv += ["-icount", f"shift={spec.icount_shift},sleep=off"]
     if spec.firmware is not None:
         argv += ["-bios", str(spec.firmware)]
     elif arch.bios:

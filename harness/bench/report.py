@@ -107,7 +107,7 @@ def _subjects(run: BenchRun) -> list[SubjectResult]:
 def _run_title(run: BenchRun) -> str:
     release = f" ({run.kernel_release})" if run.kernel_release else ""
     vcpus = f"{run.vcpus} vCPU{'s' if run.vcpus != 1 else ''}"
-    return f"{run.arch} {DASH} {run.kernel}{release}, {run.accel}, {vcpus}"
+    return f"{run.arch} {DASH} {run.kernel}{release}, {run.timing}, {vcpus}"
 
 
 def _run_line(run: BenchRun, runs_of_cell: int) -> str:
@@ -228,7 +228,7 @@ def _cheapest_line(results: BenchResults) -> str:
     parts = []
     for run, driver, ratio in cheapest_drivers(results):
         where = run.arch if archs.count(run.arch) == 1 else run.label
-        parts.append(f"{where} ({run.accel}): {driver} {_ratio(ratio)}")
+        parts.append(f"{where} ({run.timing}): {driver} {_ratio(ratio)}")
     return "; ".join(parts) if parts else "no driver passed"
 
 
@@ -248,7 +248,7 @@ def stability(a: BenchResults, b: BenchResults) -> list[dict[str, Any]]:
         run_b = others.get((run_a.arch, run_a.kernel))
         if run_b is None:
             continue
-        accel = run_a.accel if run_a.accel == run_b.accel else f"{run_a.accel}/{run_b.accel}"
+        accel = run_a.timing if run_a.timing == run_b.timing else f"{run_a.timing}/{run_b.timing}"
         for subject in _subjects(run_a):
             for mix in MIXES:
                 ma = subject.default_measurement(mix)
@@ -302,7 +302,7 @@ def render_markdown(results: BenchResults) -> str:
     """report.md's text."""
     cells = _cells(results)
     runs = [cell_runs[-1] for cell_runs in cells.values()]
-    accels = sorted({run.accel for run in runs})
+    accels = sorted({run.timing for run in runs})
     revision = f", git {results.git_revision}" if results.git_revision else ""
     lines = [
         "# kmatrix syscall throughput benchmark",
@@ -312,7 +312,9 @@ def render_markdown(results: BenchResults) -> str:
         "",
         "Overhead ratio = syscalls/s with capture / syscalls/s without, the baseline interleaved with the "
         "repeats of the same run (1.000 = free). Ratios are the headline: absolute rates depend on the "
-        "accelerator, and rates under QEMU TCG are not comparable to hardware.",
+        "accelerator, and rates under QEMU TCG are not comparable to hardware. Under `tcg icount` the guest's "
+        "clock counts emulated instructions (2**shift ns each) instead of host time: rates are per instruction "
+        "budget and repeat on a busy host; `tcg` alone is the host's real time.",
         "",
         "Default configuration: 8 MiB buffer (drivers), every syscall, unpinned, unlimited drain batch.",
         "",
@@ -449,7 +451,7 @@ def _save(figure: Figure, path: Path) -> None:
 
 
 def _accel_text(runs: Sequence[BenchRun]) -> str:
-    return "/".join(sorted({run.accel for run in runs})) or DASH
+    return "/".join(sorted({run.timing for run in runs})) or DASH
 
 
 def plot_overhead(results: BenchResults, path: Path) -> Path:
@@ -484,7 +486,7 @@ def plot_overhead(results: BenchResults, path: Path) -> Path:
                 elif found is not None and mix == mixes[0]:
                     axes.text(x, 0.01, found.status, rotation=90, ha="center", va="bottom", fontsize=7, color="#555555")
         axes.axhline(1.0, color="#888888", linestyle="--", linewidth=0.8)
-        axes.set_xticks(range(len(runs)), [f"{run.arch}\n{run.kernel}\n{run.accel}" for run in runs])
+        axes.set_xticks(range(len(runs)), [f"{run.arch}\n{run.kernel}\n{run.timing}" for run in runs])
         axes.set_xlim(-0.6, max(len(runs), 1) - 0.4)
         axes.set_ylim(bottom=0)
         axes.set_ylabel(f"overhead ratio (with / without capture, {_accel_text(runs)})")
@@ -566,10 +568,10 @@ def plot_buffers(results: BenchResults, path: Path) -> Path:
                         }
                         left.plot(xs, [m.events_per_s for m in points], **common)
                         right.plot(xs, [100 * m.drop_ratio for m in points], **common)
-                where = f"{run.arch} {DASH} {run.kernel}, {run.accel}"
+                where = f"{run.arch} {DASH} {run.kernel}, {run.timing}"
                 left.set_title(f"{where}: delivered events/s")
                 right.set_title(f"{where}: drop %")
-                left.set_ylabel(f"events/s ({run.accel})")
+                left.set_ylabel(f"events/s ({run.timing})")
                 left.yaxis.set_major_formatter(FuncFormatter(_thousands))
                 right.set_ylabel("drop %")
                 ticks = sorted(sizes)

@@ -115,7 +115,7 @@ class Measurement(_Model):
     batch: Annotated[int, Field(gt=0)] | None = None  # events per consumer drain; None = unlimited
     syscalls_per_s: _NonNegative  # median with capture
     baseline_per_s: _NonNegative  # median of the baselines interleaved with these repeats
-    overhead_ratio: _NonNegative  # syscalls_per_s / baseline_per_s
+    overhead_ratio: _NonNegative  # per pair: captured / baseline; the mean without the extremes
     events: Annotated[int, Field(ge=0)]
     events_per_s: _NonNegative
     drops: Annotated[int, Field(ge=0)]
@@ -123,6 +123,7 @@ class Measurement(_Model):
     delivered_ratio: _NonNegative | None = None  # events / (2 * syscalls / sample_every)
     buffer_fill_max: _Fraction | None = None
     repeats: list[dict[str, Any]] = []
+    warmup_per_s: list[float] = []  # the uncounted baselines run until the guest was settled
     checks: dict[str, bool] = {}
 
     @property
@@ -195,6 +196,9 @@ class BenchRun(_Model):
     kernel: str  # the matrix label, e.g. "bookworm-backports"
     kernel_release: str | None = None  # uname -r in the guest
     accel: str  # "tcg" or "kvm"
+    # How the guest timed its storms: "icount shift=N" (TCG's instruction-counting clock: rates are
+    # per emulated instruction budget, repeatable on a busy host) or "wall" (the host's real time).
+    clock: str = "wall"
     vcpus: Annotated[int, Field(ge=1)]
     duration_s: _NonNegative  # storm window per measurement
     repeats: Annotated[int, Field(ge=0)]
@@ -215,6 +219,11 @@ class BenchRun(_Model):
     @property
     def label(self) -> str:
         return f"{self.arch}/{self.kernel}"
+
+    @property
+    def timing(self) -> str:
+        """What every figure of this run is labelled with: the accelerator, and the clock if not wall."""
+        return self.accel if self.clock == "wall" else f"{self.accel} {self.clock}"
 
     def subject(self, name: str) -> SubjectResult | None:
         return next((s for s in self.subjects if s.subject == name), None)

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.archs import get_arch
+from harness.archs import ArchProfile, get_arch
 from harness.bench.results import BenchResults, BenchRun, SubjectResult, now_iso
 from harness.cells import CellResult, boot_with_retry, build_driver, files_overlay
 from harness.errors import BuildError, GuestError, KmatrixError
+from harness.guest.bench import SETTLE_TRIES
 from harness.matrix import Cell, KernelRef, applicability
 from harness.paths import project_root
 from harness.runner import Workspace, prepare
@@ -30,7 +31,8 @@ PEERS = ("ftrace", "auditd")
 GUEST_STORM = "opt/kmatrix/tools/storm"
 # How much slower than x86_64 an architecture's emulation runs the bench (measured here: loongarch64
 # needed more than 1400 s for the module and both peers, where x86_64 takes about 400 s for all five).
-EMULATION_SLOWNESS = {"loongarch64": 4.0, "ppc64le": 1.5, "riscv64": 1.5}
+EMULATION_SLOWNESS = {"loongarch64": 4.0, "ppc64le": 1.5, "riscv64": 1.5, "s390x": 2.0}
+CLOCKS = ("auto", "icount", "wall")
 SUITE = "throughput"
 
 
@@ -39,6 +41,22 @@ class BenchOptions:
     repeats: int = 5
     duration_ms: int = 1000
     quick: bool = False  # only the default configuration (both mixes) per driver
+    # "icount": time storms by TCG's instruction-counting clock (repeatable on a loaded host);
+    # "wall": by real time; "auto": icount where the architecture's TCG supports it, else wall.
+    clock: str = "auto"
+
+
+def choose_clock(requested: str, arch: ArchProfile, accel: str) -> tuple[int | None, str]:
+    """(icount shift or None, the label results carry); KmatrixError when `requested` cannot be had."""
+    if requested not in CLOCKS:
+        raise KmatrixError(f"unknown clock {requested!r}", hint=f"use one of: {', '.join(CLOCKS)}")
+    possible = accel == "tcg" and arch.tcg_icount
+    if requested == "wall" or (requested == "auto" and not possible):
+        return None, "wall"
+    if not possible:
+        why = f"the guest runs under {accel}" if accel != "tcg" else f"QEMU's {arch.name} TCG does not support -icount"
+        raise KmatrixError(f"--clock icount is not possible on {arch.name}: {why}", hint="use --clock auto or wall")
+    return arch.icount_shift, f"icount shift={arch.icount_shift}"
 
 
 def git_revision() -> str | None:
@@ -54,7 +72,8 @@ def _guest_timeout(options: BenchOptions, peer: bool, arch_name: str) -> float:
     """One subject's request: every measurement is 2 x repeats storms plus loads, scaled by how
     slow this architecture's emulation is. It only bounds a hang: generous."""
     configs = 2 if peer or options.quick else 7
-    per_config = 2 * options.repeats * (options.duration_ms / 1000 + 3)
+    storms = 2 * options.repeats + max(SETTLE_TRIES.values())
+    per_config = storms * (options.duration_ms / 1000 + 3)
     return (120 + configs * per_config) * EMULATION_SLOWNESS.get(arch_name, 1.0) * 2
 
 
@@ -139,6 +158,8 @@ def _run_guest(ws: Workspace, arch_name: str, ref: KernelRef, cell_dir: Path, fi
     overlay = files_overlay(files, cell_dir / "bench.cpio.gz")
     spec = dataclasses.replace(spec, overlays=(overlay,))
     run.accel = spec.accel
+    shift, run.clock = choose_clock(options.clock, arch, spec.accel)
+    spec = dataclasses.replace(spec, icount_shift=shift)
     holder = CellResult(cell_dir.name, arch_name, ref.label, "all", SUITE)
     guest = boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, holder)
     merged: dict[str, Any] = {"subjects": [], "baseline": {}}
@@ -148,7 +169,8 @@ def _run_guest(ws: Workspace, arch_name: str, ref: KernelRef, cell_dir: Path, fi
             started = time.monotonic()
             try:
                 reply = guest.request("bench", timeout_s=timeout, subjects=[subject], storm="/" + GUEST_STORM,
-                                      repeats=options.repeats, duration_ms=options.duration_ms, quick=options.quick)
+                                      repeats=options.repeats, duration_ms=options.duration_ms, quick=options.quick,
+                                      clock="icount" if shift is not None else "wall")
             except GuestError as error:
                 merged["subjects"].append({"subject": subject["subject"], "status": "error", "reason": str(error)})
                 merged["subjects"] += [{"subject": later["subject"], "status": "error",

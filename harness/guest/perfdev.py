@@ -1,9 +1,11 @@
 """User side of the legacy BPF probe (drivers/bpf): the same methods as kmxdev.KmxDevice.
 
-The object (built for the running kernel by harness/build/bpf_legacy.py) is loaded and its two
-programs attached when the device is opened, like insmod registering the module's probes; they
-do nothing until start() sets `capturing` in the probe's config map. Snapshot length and target
-tgid are in that map too and change at any time, as the module's ioctls do.
+The object (built for the running kernel by harness/build/bpf_legacy.py) is loaded when the
+device is opened; start() attaches its two programs and sets `capturing` in the probe's config
+map, stop() clears it and detaches them, as the module registers its tracepoint probes only while
+capturing (an attached probe costs every syscall of the system, even one it filters out).
+Snapshot length and target tgid are in the config map and change at any time, as the module's
+ioctls do.
 
 Events arrive in one perf ring per CPU (BPF_MAP_TYPE_PERF_EVENT_ARRAY), each record one event,
 byte for byte what the module writes; drain() decodes them with schema.Decoder, sets Event.cpu,
@@ -140,7 +142,6 @@ class LegacyBpfDevice:
             self.obj.load()
             self.load_seconds = round(time.monotonic() - started, 6)
             self._write_config()
-            self.obj.attach_all()
             self.pages = perf_pages(buffer_bytes)
             self.perf = self.obj.perf_buffer(MAP_EVENTS, self.pages, self._on_event, self._on_lost)
         except BaseException:
@@ -210,6 +211,7 @@ class LegacyBpfDevice:
         self.obj.update_array(MAP_STATS, 0, bytes(stride * self.ncpus))
         self._capturing = True
         self._write_config()
+        self.obj.attach_all()
         self._refresh_info()
 
     def stop(self) -> None:
@@ -217,6 +219,7 @@ class LegacyBpfDevice:
             return
         self._capturing = False
         self._write_config()
+        self.obj.detach_all()
         self._synchronize()
         self._refresh_info()
 

@@ -58,3 +58,19 @@ def test_console_argument_per_arch() -> None:
     assert consoles["aarch64"] == "console=ttyAMA0"
     assert consoles["ppc64le"] == "console=hvc0"
     assert not consoles["s390x"].startswith("console=")  # SCLP is the default console
+
+
+def test_icount_runs_one_tcg_thread_with_an_instruction_clock() -> None:
+    import dataclasses
+
+    argv = qemu_command(dataclasses.replace(spec_for("aarch64"), icount_shift=3))
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
+    assert argv[argv.index("-icount") + 1] == "shift=3,sleep=off"
+    assert "-icount" not in qemu_command(spec_for("aarch64"))
+
+
+def test_icount_under_kvm_is_refused() -> None:
+    import dataclasses
+
+    with pytest.raises(ValueError, match="needs TCG"):
+        qemu_command(dataclasses.replace(spec_for("x86_64", "kvm"), icount_shift=3))
