@@ -1,8 +1,12 @@
 """nox sessions for kmatrix. Thin on purpose: the work lives in `harness/`.
 
 nox -s tests                      unit tests + boot tests on the `ci` profile (what CI runs)
+nox -t ci                         the same, by tag
 nox -s lint                       ruff + mypy --strict
 nox -s "boot(arch='riscv64')"     boot every kernel of one architecture (one session per arch)
+nox -s "matrix(arch='ppc64le')"   `kmatrix run` on every cell of one architecture (runs/nox-matrix-ppc64le)
+nox -t arch_s390x                 both sessions of one architecture
+nox -s qualify                    release qualification: the full matrix and its report (runs/qualify)
 nox -s bench -- --kmatrix-arch x86_64   throughput benchmarks (pytest-benchmark; JSON + report in runs/)
 """
 
@@ -60,12 +64,19 @@ def boot(session: nox.Session, arch: str) -> None:
 
 
 @nox.session(default=False)
-@nox.parametrize("arch", [nox.param(arch, id=arch, tags=[f"arch_{arch}"]) for arch in ARCHS])
+@nox.parametrize("arch", [nox.param(arch, id=arch, tags=[f"arch_{arch}", "matrix"]) for arch in ARCHS])
 def matrix(session: nox.Session, arch: str) -> None:
-    """The capture suite with every driver on every kernel of one architecture."""
+    """Every cell of one architecture (all kernels, drivers, suites) with `kmatrix run` (posargs to it)."""
     _install(session)
-    session.run("pytest", "-m", "vm", "tests/integration/test_capture.py", "--kmatrix-profile", "full",
-                "--kmatrix-arch", arch, *session.posargs)
+    out = ROOT / "runs" / f"nox-matrix-{arch}"
+    session.run("kmatrix", "run", "--profile", "full", "--arch", arch, "-o", str(out), *session.posargs)
+
+
+@nox.session(default=False, tags=["release"])
+def qualify(session: nox.Session) -> None:
+    """Release qualification: the full matrix and its report in runs/qualify (posargs to kmatrix qualify)."""
+    _install(session)
+    session.run("kmatrix", "qualify", "--profile", "full", "-o", str(ROOT / "runs" / "qualify"), *session.posargs)
 
 
 @nox.session(default=False)

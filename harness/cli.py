@@ -245,13 +245,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0 if all(r.ready for r in results) else 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from harness.cells import SUITE_RUNNERS, CellResult, settle_kernel
-    from harness.matrix import applicability
+def _run_plan_from_args(args: argparse.Namespace, ws: Any, default_profile: str) -> Any:
+    from harness.matrix_run import RunPlan
     from harness.runner import new_run_dir
+    from harness.shard import parse_shard, shard_cells
 
-    ws = _workspace(args)
-    profile = args.profile or ("full" if args.arch else "default")
+    profile = args.profile or default_profile
     archs = _arch_list(args.arch) if args.arch else None
     drivers = None if args.driver in (None, "all") else [d.strip() for d in args.driver.split(",")]
     suites = None if args.suite in (None, "all") else [s.strip() for s in args.suite.split(",")]
@@ -260,48 +259,82 @@ def cmd_run(args: argparse.Namespace) -> int:
         cells = [c for c in cells if args.kernel in (c.kernel.label, c.kernel.suite)]
         if not cells:
             raise UsageError(f"--kernel {args.kernel!r} matches no cell of profile {profile}")
+    shard = None
+    if getattr(args, "shard", None):
+        try:
+            index, count = parse_shard(args.shard)
+        except ValueError as error:
+            raise UsageError(str(error), hint="for example --shard 1/4") from None
+        cells = shard_cells(cells, index, count, ws.matrix)
+        shard = f"{index}/{count}"
+    target = getattr(args, "target", None)
+    if target is not None:
+        from harness.remote.ssh import parse_target
+
+        try:
+            parse_target(target)
+        except ValueError as error:
+            raise UsageError(f"--target {target!r}: {error}", hint="use ssh://user@host[:port]") from None
     run_dir = args.output or new_run_dir(None, "run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results: list[CellResult] = []
-    for cell in cells:
-        if profile == "minimum":
-            cell, _kernel, _verdict, notes = settle_kernel(ws, cell, profile)
-            for note in notes:
-                ws.say(f"{cell.arch} {cell.driver}: {note}")
-        ws.say(f"[bold]{cell.id}[/]: running")
-        runner = SUITE_RUNNERS.get(cell.suite)
-        if runner is not None:
-            result = runner(ws, cell, run_dir, fault=args.fault)
-        else:
-            static = applicability(ws.matrix, cell, None)
-            reason = static.reason if not (static.runnable or static.pending) else (
-                "measured by `kmatrix bench` (one guest per arch and kernel measures every driver)"
-                if cell.suite == "throughput" else f"this kmatrix version has no runner for suite {cell.suite} yet")
-            result = CellResult(cell.id, cell.arch, cell.kernel.label, cell.driver, cell.suite, status="skip",
-                                reason=reason)
-        results.append(result)
-        ws.say(f"{cell.id}: {result.status}" + (f" ({escape(result.reason or '')})" if result.reason else ""))
-        (run_dir / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=2))
+    return RunPlan(cells, run_dir, profile, shard=shard, fault=getattr(args, "fault", None), target=target,
+                   host_key=getattr(args, "host_key", None))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.matrix_run import run_plan
+
+    ws = _workspace(args)
+    plan = _run_plan_from_args(args, ws, "full" if args.arch else "default")
+    results = run_plan(ws, plan, console=err, live=err.is_terminal, quiet=args.quiet or args.json)
+    from harness.report import write_reports
+
+    written = write_reports(results, plan.run_dir)
     if args.json:
-        print(json.dumps([r.to_json() for r in results], indent=2))
-    else:
-        _print_results(results, run_dir)
-    return 0 if all(r.status in ("pass", "skip") for r in results) else 1
+        print((plan.run_dir / "results.json").read_text())
+    elif not args.quiet:
+        _print_results(results.cells, plan.run_dir)
+        out.print(f"reports: {', '.join(str(p) for p in written)}")
+    return 0 if all(r.status in ("pass", "skip") for r in results.cells) else 1
 
 
-def _print_results(results: list[Any], run_dir: Path) -> None:
+def cmd_qualify(args: argparse.Namespace) -> int:
+    """The whole profile, then every report into the output directory; non-zero on any fail or error."""
+    from harness.matrix_run import run_plan
+    from harness.qualify import fold_bench, run_bench_for
+    from harness.report import write_reports
+
+    ws = _workspace(args)
+    plan = _run_plan_from_args(args, ws, "full")
+    results = run_plan(ws, plan, console=err, live=err.is_terminal, quiet=args.quiet or args.json)
+    bench_dir = None
+    if not args.no_bench:
+        bench_dir, bench_results = run_bench_for(ws, results, plan.run_dir / "bench")
+        results = fold_bench(results, bench_results)
+    written = write_reports(results, plan.run_dir, bench_dir=bench_dir)
+    bad = [r for r in results.cells if r.status in ("fail", "error")]
+    if args.json:
+        print((plan.run_dir / "results.json").read_text())
+    elif not args.quiet:
+        _print_results(results.cells, plan.run_dir)
+        out.print(f"reports: {', '.join(str(p) for p in written)}")
+        out.print(f"qualify: {len(bad)} cell(s) failed or errored" if bad else "qualify: every cell passed or skipped")
+    return 1 if bad else 0
+
+
+def _print_results(records: list[Any], run_dir: Path) -> None:
     table = Table(title=f"kmatrix run ({run_dir})")
     for column in ("arch", "kernel", "release", "driver", "suite", "status", "verified", "driver/tracefs",
                    "accel", "build s", "boot s", "run s", "reason"):
         table.add_column(column)
     colors = {"pass": "green", "fail": "red", "error": "magenta", "skip": "yellow"}
-    for r in results:
+    for r in records:
         oracle = r.metrics.get("oracle") or {}
         table.add_row(
             r.arch, r.kernel, r.kernel_release or "?", r.driver, r.suite, f"[{colors[r.status]}]{r.status}[/]",
-            f"{r.metrics.get('verified_calls', '')}/{r.metrics.get('expected_calls', '')}" if r.metrics else "",
+            f"{r.metrics.get('verified_calls', '')}/{r.metrics.get('expected_calls', '')}"
+            if "verified_calls" in r.metrics else "",
             f"{oracle.get('driver_count', '')}/{oracle.get('tracefs_count', '')}" if oracle else "",
-            r.accel or "",
+            r.accelerator or "",
             str(r.timings.get("build_s", "")), str(r.timings.get("boot_s", "")), str(r.timings.get("run_s", "")),
             escape((r.reason or "")[:200]),
         )
@@ -421,7 +454,24 @@ def build_parser() -> Parser:
     p.add_argument("--profile", default=None, help="matrix profile (default: default; full with --arch)")
     p.add_argument("-o", "--output", type=Path, default=None, help="run directory (default: runs/run-*)")
     p.add_argument("--fault", default=None, help=argparse.SUPPRESS)  # test-only driver fault injection
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="only shard I of N: cells split deterministically, balanced by expected cost")
+    p.add_argument("--target", default=None, metavar="ssh://user@host[:port]",
+                   help="run the cells on that machine over SSH instead of booting QEMU guests")
+    p.add_argument("--host-key", default=None, metavar="SHA256:...",
+                   help="with --target: the host key fingerprint to trust when it is not in known_hosts")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("qualify", parents=[common],
+                       help="release qualification: the whole profile and the benchmark, every report into -o DIR")
+    p.add_argument("--profile", default="full", help="matrix profile (default: full)")
+    p.add_argument("--arch", default=None, help="an architecture, a comma list, or all (default: all)")
+    p.add_argument("--driver", default=None, help="a driver from matrix.yaml, a comma list, or all")
+    p.add_argument("--suite", default=None, help="a suite from matrix.yaml, a comma list, or all")
+    p.add_argument("--kernel", default=None, help="only this kernel (suite name or label)")
+    p.add_argument("--no-bench", action="store_true", help="leave the throughput cells to `kmatrix bench`")
+    p.add_argument("-o", "--output", type=Path, default=None, help="report directory (default: runs/run-*)")
+    p.set_defaults(func=cmd_qualify)
 
     p = sub.add_parser("bench", parents=[common],
                        help="throughput: syscall-storm overhead, events/s, drops per driver, beside ftrace and auditd")
@@ -449,6 +499,12 @@ def build_parser() -> Parser:
     p = sub.add_parser("image", parents=[common], help="build (or find cached) guest images")
     p.add_argument("--arch", default="all")
     p.set_defaults(func=cmd_image)
+
+    from harness.report.cli import register as register_report
+    from harness.scale_cli import register as register_scale
+
+    register_report(sub, common)  # report merge / render
+    register_scale(sub, common)  # ci-matrix, cache key
     return parser
 
 

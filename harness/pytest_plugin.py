@@ -1,10 +1,12 @@
 """pytest integration: choose the matrix cells that `vm` tests run on, and share one workspace.
 
 Options: --kmatrix-profile (default: ci), --kmatrix-arch (comma list). Unit tests never use these.
+With pytest-xdist, `pytest -n auto` starts as many workers as this host can run guests side by side.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +80,45 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
+def host_cpus() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_guest() -> int:
+    """Busy host threads per guest: one per guest vCPU, plus QEMU's main loop / I/O thread."""
+    from dataclasses import fields
+
+    from harness.vm import BootSpec
+
+    smp = next(f.default for f in fields(BootSpec) if f.name == "smp")
+    assert isinstance(smp, int)
+    return smp + 1
+
+
+def auto_num_workers(cpus: int) -> int:
+    """Workers for `-n auto`: each runs one guest at a time, and an overcommitted TCG guest times out."""
+    return max(1, cpus // threads_per_guest())
+
+
+def per_worker(path: Path) -> Path:
+    """`path` without xdist; `path/gw0` etc. in an xdist worker, so process-wide output never collides."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return path / worker if worker else path
+
+
+# optionalhook: the hook is pytest-xdist's; without xdist installed pytest must not reject it.
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    del config
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # an explicit override: xdist's own implementation reads it
+    return auto_num_workers(host_cpus())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     del config
     for item in items:
@@ -87,6 +128,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def workspace() -> Iterator[object]:
+    """One per xdist worker. Its cache is shared on purpose: every cache entry is written under a
+    file lock, so workers download and build each kernel and image once between them."""
     from harness.runner import Workspace
 
     yield Workspace.open()
@@ -94,7 +137,8 @@ def workspace() -> Iterator[object]:
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
+    """Per test (and so per worker): console logs and results of concurrent guests never mix."""
     return tmp_path
 
 
-__all__ = ["ARCH_NAMES", "selected_boot_targets"]
+__all__ = ["ARCH_NAMES", "auto_num_workers", "host_cpus", "per_worker", "selected_boot_targets", "threads_per_guest"]

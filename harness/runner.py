@@ -32,6 +32,7 @@ class Workspace:
     repo: DebianRepo
     cache: Path
     say: Say = field(default=lambda _m: None)
+    matrix_path: Path = field(default_factory=default_matrix_path)  # its hash identifies a run's matrix revision
 
     @classmethod
     def open(
@@ -40,10 +41,11 @@ class Workspace:
         say: Say | None = None,
         progress: Callable[[str, int, int | None], None] | None = None,
     ) -> Workspace:
-        matrix = load_matrix(matrix_path or default_matrix_path())
+        path = matrix_path or default_matrix_path()
+        matrix = load_matrix(path)
         cache = cache_dir()
         mirror = os.environ.get("KMATRIX_MIRROR") or matrix.mirror or host_mirror()
-        return cls(matrix, DebianRepo(mirror, cache, progress=progress), cache, say or (lambda _m: None))
+        return cls(matrix, DebianRepo(mirror, cache, progress=progress), cache, say or (lambda _m: None), path)
 
     def kernel(self, arch: ArchProfile, ref: KernelRef) -> KernelImage:
         if ref.path is not None:
