@@ -16,7 +16,7 @@ from harness.report.schema import CellRecord, RunResults
 from harness.runner import Workspace
 
 
-def bench_targets(ws: Workspace, results: RunResults) -> list[tuple[str, str]]:
+def bench_targets(results: RunResults) -> list[tuple[str, str]]:
     """(arch, kernel label) of throughput cells the run left to the benchmark, in run order."""
     wanted: list[tuple[str, str]] = []
     for record in results.cells:
@@ -34,7 +34,7 @@ def run_bench_for(ws: Workspace, results: RunResults, out_dir: Path, *,
     from harness.bench.run import BenchOptions, bench
 
     refs = {(arch, ref.label): ref for arch in ws.matrix.architectures for ref in ws.matrix.kernels(arch)}
-    cells = [(arch, refs[(arch, label)]) for arch, label in bench_targets(ws, results)]
+    cells = [(arch, refs[(arch, label)]) for arch, label in bench_targets(results)]
     drivers = sorted({r.driver for r in results.cells if r.suite == "throughput"})
     bench_results = bench(ws, cells, out_dir, drivers=drivers, options=BenchOptions(quick=quick))
     write_report(bench_results, out_dir)
