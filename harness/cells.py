@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import cpio
-from harness.archs import get_arch
+from harness.archs import ArchProfile, get_arch
 from harness.errors import BootError, BuildError, GuestError, KmatrixError
 from harness.images import KernelImage
 from harness.matrix import Applicability, Cell, applicability
@@ -145,17 +145,19 @@ GUEST_TOOLS_DIR = "opt/kmatrix/tools"
 
 
 def run_capture_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
-                     buffer_sizes: tuple[int, ...] = CAPTURE_BUFFER_SIZES, timeout_s: float = 300) -> CellResult:
-    """The capture suite on one (arch, kernel) with the cell's driver."""
+                     buffer_sizes: tuple[int, ...] = CAPTURE_BUFFER_SIZES, timeout_s: float = 300,
+                     target: str | None = None) -> CellResult:
+    """The capture suite on one (arch, kernel) with the cell's driver; on `target` (ssh://...) instead
+    of a QEMU guest when given (harness.remote.ssh: the machine must run the cell's kernel)."""
     return _run_guest_suite(ws, cell, run_dir, fault=fault, op="capture", timeout_s=timeout_s,
-                            params={"buffer_sizes": list(buffer_sizes)})
+                            params={"buffer_sizes": list(buffer_sizes)}, target=target)
 
 
 def run_ia32_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
-                  timeout_s: float = 300) -> CellResult:
+                  timeout_s: float = 300, target: str | None = None) -> CellResult:
     """The ia32 suite on one x86_64 kernel with the cell's driver: 32-bit programs under capture."""
     return _run_guest_suite(ws, cell, run_dir, fault=fault, op="ia32", timeout_s=timeout_s,
-                            params={"tools": "/" + GUEST_TOOLS_DIR}, with_ia32_tools=True)
+                            params={"tools": "/" + GUEST_TOOLS_DIR}, with_ia32_tools=True, target=target)
 
 
 # Suites with a runner, by name.
@@ -171,8 +173,8 @@ def _ia32_tool_files(ws: Workspace, result: CellResult) -> list[tuple[Path, str,
 
 
 def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None, op: str, timeout_s: float,
-                     params: dict[str, Any], with_ia32_tools: bool = False) -> CellResult:
-    """Build the driver (and tools), boot the cell's kernel, run guest op `op`, judge its reply."""
+                     params: dict[str, Any], with_ia32_tools: bool = False, target: str | None = None) -> CellResult:
+    """Build the driver (and tools), boot the cell's kernel (or use `target`), run guest op `op`, judge its reply."""
     arch = get_arch(cell.arch)
     cell_dir = run_dir / cell.id
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -194,27 +196,20 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         files = [(build.path, build.guest_path, 0o644)]
         if with_ia32_tools:
             files += _ia32_tool_files(ws, result)
-        spec, _kernel, image, accel_reason = prepare(ws, arch, cell.kernel)
-        result.metrics["image_bytes"] = image.size
-        overlay = files_overlay(files, cell_dir / "driver.cpio.gz")
-        spec = dataclasses.replace(spec, overlays=(overlay,))
-        result.accel = spec.accel
-        result.metrics["accel_reason"] = accel_reason
-        guest = boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, result)
-        try:
-            started = time.monotonic()
-            reply = guest.request(op, timeout_s=timeout_s, driver=kind, artifact="/" + build.guest_path,
-                                  token=f"{cell.arch[:3]}{int(time.time()) % 100000}", **params)
-            result.timings["run_s"] = round(time.monotonic() - started, 2)
-            with_log_tail = guest.log.tail(5)
-            guest.poweroff()
-        finally:
-            guest.close()
+        if target is not None:
+            from harness.remote.ssh import parse_target
+
+            result.metrics["target"] = str(parse_target(target))  # without its options (key paths)
+            reply, log_tail = _run_on_target(target, kernel.release, arch.uname_m, files, op, params, build.guest_path,
+                                             cell, cell_dir, kind, timeout_s, result)
+        else:
+            reply, log_tail = _run_in_guest(ws, arch, files, op, params, build.guest_path, cell, cell_dir, kind,
+                                            timeout_s, result)
         if not reply.get("ok"):
             result.status = "fail"
             result.reason = f"guest: {reply.get('error')}"
             result.metrics["traceback"] = reply.get("traceback")
-            result.metrics["console_tail"] = with_log_tail
+            result.metrics["console_tail"] = log_tail
             return result
         result.metrics.update({k: v for k, v in reply.items() if k not in ("ok", "type", "id")})
         (cell_dir / f"{op}.json").write_text(json.dumps(reply, indent=2))
@@ -229,8 +224,66 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         hint = f" (reproduce: {error.hint})" if error.hint else ""
         result.status, result.reason = "error", f"build: {error}{hint}"
     except (KmatrixError, GuestError) as error:
-        result.status, result.reason = "error", str(error)
+        # On a target the hint is the way out (how to trust its host key, which key to log in with).
+        hint = f" ({error.hint})" if target is not None and error.hint else ""
+        result.status, result.reason = "error", f"{error}{hint}"
     return result
+
+
+def _run_in_guest(ws: Workspace, arch: ArchProfile, files: list[tuple[Path, str, int]], op: str,
+                  params: dict[str, Any], artifact: str, cell: Cell, cell_dir: Path, kind: str, timeout_s: float,
+                  result: CellResult) -> tuple[dict[str, Any], str]:
+    """Boot the cell's kernel with the files in an overlay and run op; (reply, last console lines)."""
+    spec, _kernel, image, accel_reason = prepare(ws, arch, cell.kernel)
+    result.metrics["image_bytes"] = image.size
+    overlay = files_overlay(files, cell_dir / "driver.cpio.gz")
+    spec = dataclasses.replace(spec, overlays=(overlay,))
+    result.accel = spec.accel
+    result.metrics["accel_reason"] = accel_reason
+    guest = boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, result)
+    try:
+        started = time.monotonic()
+        reply = guest.request(op, timeout_s=timeout_s, driver=kind, artifact="/" + artifact,
+                              token=f"{cell.arch[:3]}{int(time.time()) % 100000}", **params)
+        result.timings["run_s"] = round(time.monotonic() - started, 2)
+        with_log_tail = guest.log.tail(5)
+        guest.poweroff()
+    finally:
+        guest.close()
+    return reply, with_log_tail
+
+
+def _run_on_target(target: str, release: str, machine: str, files: list[tuple[Path, str, int]], op: str,
+                   params: dict[str, Any], artifact: str, cell: Cell, cell_dir: Path, kind: str, timeout_s: float,
+                   result: CellResult) -> tuple[dict[str, Any], str]:
+    """Upload the agent and files to an SSH target, run op there; (reply, last agent output lines).
+
+    The driver was built for the cell's kernel, so the target must run exactly that kernel.
+    """
+    from harness.remote.ssh import SshTarget
+
+    started = time.monotonic()
+    with SshTarget.connect(target) as remote:
+        result.metrics["target_host_key"] = f"{remote.host_key_fingerprint} ({remote.trusted_by})"
+        where = remote.upload(files)
+        agent = remote.start_agent(cell_dir / "remote.log")
+        result.console_log = str(agent.log.path)
+        ready = agent.wait_ready(60)
+        result.timings["connect_s"] = round(time.monotonic() - started, 2)
+        seen = (ready.info.get("release"), ready.info.get("machine"))
+        if seen != (release, machine):
+            raise GuestError(f"{remote.url} runs {seen[1]} {seen[0]}, but cell {cell.id} is {machine} {release} "
+                             "(its driver is built for that kernel)",
+                             hint="pick the cell of the kernel the target runs, or boot the target into this one")
+        # Guest paths are relative to the guest's root; on the target they are under the upload directory.
+        remote_params = {k: (f"{where}{v}" if k == "tools" and isinstance(v, str) else v) for k, v in params.items()}
+        started = time.monotonic()
+        reply = agent.request(op, timeout_s=timeout_s, driver=kind, artifact=f"{where}/{artifact}",
+                              token=f"{cell.arch[:3]}{int(time.time()) % 100000}", **remote_params)
+        result.timings["run_s"] = round(time.monotonic() - started, 2)
+        log_tail = agent.log.tail(5)
+        agent.poweroff()
+    return reply, log_tail
 
 
 # Boot failures are infrastructure errors (seen here: QEMU 10's ppc64 TCG once died on an internal

@@ -271,13 +271,13 @@ def _run_plan_from_args(args: argparse.Namespace, ws: Any, default_profile: str)
     if target is not None:
         from harness.remote.ssh import parse_target
 
-        try:
-            parse_target(target)
-        except ValueError as error:
-            raise UsageError(f"--target {target!r}: {error}", hint="use ssh://user@host[:port]") from None
+        if args.host_key:  # the URL's own option, so one string carries the whole target
+            target += ("&" if "?" in target else "?") + f"fingerprint={args.host_key}"
+        parse_target(target)  # a bad URL is a ConfigError naming what is wrong, before anything runs
+    elif getattr(args, "host_key", None):
+        raise UsageError("--host-key needs --target", hint="--target ssh://user@host[:port] --host-key SHA256:...")
     run_dir = args.output or new_run_dir(None, "run")
-    return RunPlan(cells, run_dir, profile, shard=shard, fault=getattr(args, "fault", None), target=target,
-                   host_key=getattr(args, "host_key", None))
+    return RunPlan(cells, run_dir, profile, shard=shard, fault=getattr(args, "fault", None), target=target)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -36,18 +36,14 @@ class RunPlan:
     profile: str
     shard: str | None = None  # "I/N" when the cells are one shard of the profile
     fault: str | None = None  # test-only driver fault injection
-    target: str | None = None  # ssh://user@host[:port]: run on that machine instead of a QEMU guest
-    host_key: str | None = None  # the target's SHA256 host-key fingerprint, when not in known_hosts
+    target: str | None = None  # ssh://user@host[:port][?fingerprint=SHA256:...]: that machine, not QEMU
 
 
 def run_one(ws: Workspace, cell: Cell, plan: RunPlan) -> CellResult:
     """One cell through its suite's runner; suites without a runner here are skips with the reason."""
     runner = SUITE_RUNNERS.get(cell.suite)
     if runner is not None:
-        if plan.target is not None:
-            return runner(ws, cell, plan.run_dir, fault=plan.fault, target=plan.target,  # type: ignore[call-arg]
-                          host_key=plan.host_key)
-        return runner(ws, cell, plan.run_dir, fault=plan.fault)
+        return runner(ws, cell, plan.run_dir, fault=plan.fault, target=plan.target)
     static = applicability(ws.matrix, cell, None)
     if not (static.runnable or static.pending):
         reason = static.reason
@@ -139,8 +135,9 @@ def run_plan(ws: Workspace, plan: RunPlan, *, console: Console, live: bool, quie
                         ws.say(f"{cell.arch} {cell.driver}: {note}")
                 result = run_one(ws, cell, plan)
                 progress.finished(planned, result)
-                records.append(record_from_cell(result, target=plan.target or "qemu",
-                                                kernel_source=kernel_source(cell)))
+                # The runner's target has no options (key paths, fingerprints): that one goes in reports.
+                target = str(result.metrics.get("target") or ("qemu" if plan.target is None else "ssh"))
+                records.append(record_from_cell(result, target=target, kernel_source=kernel_source(cell)))
                 results = save(False)
                 if on_result is not None:
                     on_result(result)

@@ -50,6 +50,9 @@ class BootSpec:
     # Extra gzip'd cpio archives appended to the initrd: the kernel unpacks concatenated archives
     # in order, so per-cell artifacts (a built driver, helpers) ride on the cached base image.
     overlays: tuple[Path, ...] = ()
+    # User-mode networking with this host loopback port forwarded to the guest's port 22 (the SSH
+    # test guest); None: no NIC at all, as every suite guest runs.
+    ssh_forward_port: int | None = None
 
     def cmdline(self) -> str:
         words = [f"console={self.arch.console}"] if self.arch.console else []
@@ -78,6 +81,25 @@ def combine_initrd(spec: BootSpec, dest: Path) -> Path:
     return dest
 
 
+# virtio-net on the PCI bus everywhere but s390x, which has no PCI in its default machine: CCW.
+_NIC_DEVICE = {"s390x": "virtio-net-ccw"}
+
+
+def nic_args(spec: BootSpec) -> list[str]:
+    """QEMU's NIC options: none, or a user-mode NIC whose guest port 22 is on 127.0.0.1:ssh_forward_port."""
+    if spec.ssh_forward_port is None:
+        return ["-nic", "none"]
+    device = _NIC_DEVICE.get(spec.arch.name, "virtio-net-pci")
+    # romfile= (PCI only): no option ROM to find on disk; the guest kernel needs none (no PXE boot).
+    rom = ",romfile=" if device.endswith("-pci") else ""
+    return [
+        "-netdev",
+        f"user,id=kmxnet,hostfwd=tcp:127.0.0.1:{spec.ssh_forward_port}-:22",
+        "-device",
+        f"{device},netdev=kmxnet{rom}",
+    ]
+
+
 def qemu_command(spec: BootSpec, initrd: Path | None = None) -> list[str]:
     arch = spec.arch
     machine = ",".join([arch.machine, *arch.machine_args])
@@ -103,8 +125,7 @@ def qemu_command(spec: BootSpec, initrd: Path | None = None) -> list[str]:
         "-nographic",
         "-monitor",
         "none",
-        "-nic",
-        "none",
+        *nic_args(spec),
         "-no-reboot",
         "-kernel",
         str(spec.kernel),

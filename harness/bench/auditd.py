@@ -16,7 +16,9 @@ libgcc_s.so.1 is added the same way although nothing names it in DT_NEEDED: glib
 pthread_cancel, which auditd calls on SIGTERM, and aborts (losing the log's buffered tail) without it.
 
 The result is a content-keyed directory, cache/build/auditd/<arch>-<suite>-<key> (key: the sha256
-of every package used and the image recipe's file lists), filled once under a lock.
+of every package used and the image recipe's file lists), filled once under a lock. The same
+machinery bundles other Debian programs for a guest (``debian_bundle`` with a ``BundleSpec``: the
+SSH test guest's dropbear and sftp-server).
 """
 
 from __future__ import annotations
@@ -65,6 +67,27 @@ IGNORED = frozenset(
 # Loaded with dlopen, so no DT_NEEDED names them: glibc's pthread_cancel (auditd's shutdown) needs
 # libgcc_s for unwinding and aborts without it ("libgcc_s.so.1 must be installed for pthread_cancel").
 DLOPENED = ("libgcc_s.so.1",)
+_BIN_DIRS = ("sbin", "usr/sbin", "bin", "usr/bin")
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """Which Debian packages' programs a bundle carries; auditd's is AUDITD, the SSH guest's another.
+
+    roots: packages whose closure is followed; binaries: file names looked up in the roots' bin/sbin
+    dirs (and extra_dirs); ignored: runtime dependencies not followed; dlopened: libraries added
+    although no DT_NEEDED names them.
+    """
+
+    name: str
+    roots: tuple[str, ...]
+    binaries: tuple[str, ...]
+    guest_root: str
+    ignored: frozenset[str] = frozenset()
+    dlopened: tuple[str, ...] = ()
+    extra_dirs: tuple[str, ...] = ()
+
+
 _NOT_LIBRARY_SUFFIXES = ("-common", "-data", "-doc", "-bin", "-dev", "-utils", "-tools")
 _LIB_DIR = re.compile(r"(?:usr/)?lib(?:32|64)?(?:/[a-z0-9_]+-linux-[a-z0-9_]+)?")
 _MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64")
@@ -78,11 +101,14 @@ def _quiet(_message: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class AuditdBundle:
-    """What ``auditd_bundle`` built: the directory, and what went into it."""
+AUDITD = BundleSpec("auditd", (ROOT_PACKAGE,), BINARIES, GUEST_ROOT, IGNORED, DLOPENED)
 
-    path: Path  # <path>/sbin/{auditd,auditctl}, <path>/lib/<soname>
+
+@dataclass(frozen=True)
+class Bundle:
+    """What ``debian_bundle`` built: the directory, and what went into it."""
+
+    path: Path  # <path>/sbin/<binary>, <path>/lib/<soname>
     key: str
     suite: str
     arch: str
@@ -91,12 +117,14 @@ class AuditdBundle:
     libraries: dict[str, str]  # soname copied -> package it came from
     from_image: dict[str, str]  # soname the guest image already carries -> package
     substitutions: list[str] = field(default_factory=list)
+    spec: BundleSpec = AUDITD
 
     @property
     def files(self) -> list[tuple[Path, str, int]]:
         """(source, guest path, mode) for harness.cells.files_overlay."""
-        out = [(self.path / "sbin" / name, f"{GUEST_ROOT}/sbin/{name}", 0o755) for name in BINARIES]
-        out += [(self.path / "lib" / name, f"{GUEST_ROOT}/lib/{name}", 0o644) for name in sorted(self.libraries)]
+        root = self.spec.guest_root
+        out = [(self.path / "sbin" / name, f"{root}/sbin/{name}", 0o755) for name in self.spec.binaries]
+        out += [(self.path / "lib" / name, f"{root}/lib/{name}", 0o644) for name in sorted(self.libraries)]
         return out
 
     @property
@@ -118,6 +146,9 @@ class AuditdBundle:
         }
 
 
+AuditdBundle = Bundle  # the name auditd's callers know
+
+
 def auditd_files(repo: DebianRepo, suite: str, arch: ArchProfile, cache: Path) -> list[tuple[Path, str, int]]:
     """The files of the audit peer for files_overlay: guest paths under opt/kmatrix/peers/auditd."""
     return auditd_bundle(repo, suite, arch, cache).files
@@ -125,17 +156,33 @@ def auditd_files(repo: DebianRepo, suite: str, arch: ArchProfile, cache: Path) -
 
 def auditd_bundle(
     repo: DebianRepo, suite: str, arch: ArchProfile, cache: Path, *, recipe: Recipe | None = None, log: Log = _quiet
-) -> AuditdBundle:
+) -> Bundle:
     """auditd, auditctl and their libraries for one architecture, from one suite (cached)."""
+    return debian_bundle(repo, suite, arch, cache, AUDITD, recipe=recipe, log=log)
+
+
+def debian_bundle(
+    repo: DebianRepo,
+    suite: str,
+    arch: ArchProfile,
+    cache: Path,
+    spec: BundleSpec,
+    *,
+    recipe: Recipe | None = None,
+    log: Log = _quiet,
+) -> Bundle:
+    """spec's binaries and the libraries they need beyond the guest image, for one architecture (cached)."""
     recipe = recipe or load_recipe()
     base = base_packages(recipe)
     index = repo.packages(suite, arch.debian_arch)
-    closure, skipped = resolve_closure(index, ROOT_PACKAGE, base, where=f"{suite}/main/binary-{arch.debian_arch}")
+    closure, skipped = resolve_closure(
+        index, spec.roots, base, where=f"{suite}/main/binary-{arch.debian_arch}", spec=spec
+    )
     suites = [suite, *[s for s in recipe.fallback_suites if s != suite]]
     # The key sees what the index names; fallback suites only come into play when a .deb is gone.
     base_shas = [(name, index[name][0].sha256) for name in base if index.get(name)]
-    key = content_key(
-        "auditd-bundle",
+    material: list[object] = [
+        f"{spec.name}-bundle",
         BUNDLE_FORMAT,
         arch.name,
         suite,
@@ -143,12 +190,15 @@ def auditd_bundle(
         base_shas,
         recipe.keep,
         recipe.drop,
-    )
-    dest = cache / "build" / "auditd" / f"{arch.name}-{suite}-{key}"
+    ]
+    if spec != AUDITD:  # auditd's key stays what it was: its cached bundles remain valid
+        material.append([spec.binaries, spec.dlopened, spec.extra_dirs])
+    key = content_key(*material)
+    dest = cache / "build" / spec.name / f"{arch.name}-{suite}-{key}"
 
     def fill(tmp: Path) -> str:
-        log(f"{arch.name}: bundling auditd from {suite} ({', '.join(closure)})")
-        manifest = _fill(tmp, repo, suites, arch, closure, base, recipe)
+        log(f"{arch.name}: bundling {spec.name} from {suite} ({', '.join(closure)})")
+        manifest = _fill(tmp, repo, suites, arch, closure, base, recipe, spec)
         manifest["skipped"] = skipped
         manifest["key"] = key
         text = json.dumps(manifest, indent=1, sort_keys=True)
@@ -157,7 +207,7 @@ def auditd_bundle(
 
     cached_dir(dest, fill, lock_timeout_s=_LOCK_TIMEOUT_S)
     manifest = json.loads((dest / _MANIFEST).read_text())
-    return AuditdBundle(
+    return Bundle(
         path=dest,
         key=key,
         suite=suite,
@@ -167,6 +217,7 @@ def auditd_bundle(
         libraries=dict(manifest["libraries"]),
         from_image=dict(manifest["from_image"]),
         substitutions=list(manifest["substitutions"]),
+        spec=spec,
     )
 
 
@@ -185,22 +236,29 @@ def _is_library_package(name: str) -> bool:
 
 
 def resolve_closure(
-    index: Mapping[str, list[Package]], root: str, base: Iterable[str], *, where: str
+    index: Mapping[str, list[Package]],
+    root: str | Iterable[str],
+    base: Iterable[str],
+    *,
+    where: str,
+    spec: BundleSpec = AUDITD,
 ) -> tuple[list[str], dict[str, str]]:
-    """Package names of root's dependency closure (root first) and the dependencies not followed.
+    """Package names of the roots' dependency closure (roots first) and the dependencies not followed.
 
     Each Pre-Depends/Depends group is satisfied by its first alternative the index has (a real
     package, else the first package providing it); a group is already satisfied when one of its
     alternatives is in the base image. Only library packages are followed past the root.
     """
     base_set = set(base)
-    if not index.get(root):
-        raise FetchError(f"package {root} not found in {where}")
+    roots = [root] if isinstance(root, str) else list(root)
+    for name in roots:
+        if not index.get(name):
+            raise FetchError(f"package {name} not found in {where}")
     closure: list[str] = []
     skipped: dict[str, str] = {}
     providers: dict[str, list[str]] | None = None
-    queue = [root]
-    seen = {root}
+    queue = list(roots)
+    seen = set(roots)
     while queue:
         name = queue.pop(0)
         closure.append(name)
@@ -216,8 +274,8 @@ def resolve_closure(
                 raise FetchError(f"{name}'s dependency {' | '.join(group)} is not in {where}")
             if chosen in base_set or chosen in seen:
                 continue
-            if chosen in IGNORED or not _is_library_package(chosen):
-                skipped.setdefault(chosen, f"not needed to run {' and '.join(BINARIES)} (dependency of {name})")
+            if chosen in spec.ignored or not _is_library_package(chosen):
+                skipped.setdefault(chosen, f"not needed to run {' and '.join(spec.binaries)} (dependency of {name})")
                 continue
             seen.add(chosen)
             queue.append(chosen)
@@ -287,6 +345,7 @@ def _fill(
     closure: list[str],
     base: list[str],
     recipe: Recipe,
+    spec: BundleSpec = AUDITD,
 ) -> dict[str, object]:
     substitutions: list[str] = []
 
@@ -300,26 +359,23 @@ def _fill(
         t.package.name: t.package.version + ("" if t.package.suite == suites[0] else f" ({t.package.suite})")
         for t in trees
     }
-    root_tree = trees[0]
+    root_trees = trees[: len(spec.roots)]
     (out / "sbin").mkdir()
     (out / "lib").mkdir()
     pending: list[Path] = []
-    for binary in BINARIES:
-        source = next(
-            (
-                root_tree.root / d / binary
-                for d in ("sbin", "usr/sbin", "bin", "usr/bin")
-                if (root_tree.root / d / binary).is_file()
-            ),
+    dirs = (*_BIN_DIRS, *spec.extra_dirs)
+    for binary in spec.binaries:
+        found_in = next(
+            ((tree, tree.root / d / binary) for tree in root_trees for d in dirs if (tree.root / d / binary).exists()),
             None,
         )
-        if source is None:
+        if found_in is None:
+            versions = ", ".join(f"{t.package.name} {t.package.version}" for t in root_trees)
             raise BuildError(
-                f"{ROOT_PACKAGE} {root_tree.package.version} ({suites[0]}, {arch.debian_arch}) "
-                f"has no {binary} in sbin/ or usr/sbin/"
+                f"{versions} ({suites[0]}, {arch.debian_arch}) has no {binary} in {', '.join(d + '/' for d in dirs)}"
             )
         dest = out / "sbin" / binary
-        shutil.copyfile(_resolve_in_tree(root_tree, source), dest)
+        shutil.copyfile(_resolve_in_tree(*found_in), dest)
         dest.chmod(0o755)
         pending.append(dest)
 
@@ -341,7 +397,7 @@ def _fill(
     from_image: dict[str, str] = {}
     # (who needs it, soname): the binaries' DT_NEEDED, then what each copied library needs in turn
     queue = [(binary.name, soname) for binary in pending for soname in elf_needed(binary)]
-    queue += [(f"{ROOT_PACKAGE} (dlopen)", soname) for soname in DLOPENED]
+    queue += [(f"{spec.name} (dlopen)", soname) for soname in spec.dlopened]
     while queue:
         needer, soname = queue.pop(0)
         if soname in libraries or soname in from_image:
@@ -354,7 +410,7 @@ def _fill(
                 continue
         if found is None:
             raise BuildError(
-                f"{needer} needs {soname}, which neither {ROOT_PACKAGE}'s closure ({', '.join(closure)}) nor "
+                f"{needer} needs {soname}, which neither {spec.name}'s closure ({', '.join(closure)}) nor "
                 f"the guest image's packages ({', '.join(base)}) provide in {suites[0]} for {arch.debian_arch}"
             )
         tree, lib = found

@@ -35,7 +35,15 @@ class NotInGuest(RuntimeError):
     """Drivers are loaded only inside kmatrix guests, never on the machine running the harness."""
 
 
-def refuse_outside_guest(cmdline_path: str = "/proc/cmdline") -> None:
+# Set only by harness.remote.ssh in the command that starts the agent on a remote target: the user
+# named that machine with --target, which is the opt-in to load drivers there.
+REMOTE_TARGET_ENV = "KMATRIX_REMOTE_TARGET"
+
+
+def refuse_outside_guest(cmdline_path: str = "/proc/cmdline", environ: dict[str, str] | None = None) -> None:
+    env = os.environ if environ is None else environ
+    if env.get(REMOTE_TARGET_ENV, "").startswith("ssh://"):
+        return
     try:
         with open(cmdline_path, encoding="utf-8") as handle:
             cmdline = handle.read().split()
@@ -43,7 +51,8 @@ def refuse_outside_guest(cmdline_path: str = "/proc/cmdline") -> None:
         cmdline = []
     if not any(word.startswith("kmatrix.mode=") for word in cmdline):
         raise NotInGuest("refusing to load a driver: this is not a kmatrix guest (no kmatrix.mode= on the kernel "
-                         "command line); the harness loads drivers only inside the VMs it boots")
+                         "command line) nor a remote target the harness started (--target ssh://...); the harness "
+                         "loads drivers only inside the VMs it boots or on machines named with --target")
 
 
 def load_module(path: str, params: dict[str, Any]) -> None:

@@ -25,3 +25,18 @@ def test_guard_accepts_a_guest_command_line(tmp_path: Path) -> None:
     cmdline.write_text("console=ttyS0 quiet\n")
     with pytest.raises(capture.NotInGuest):
         capture.refuse_outside_guest(str(cmdline))
+
+
+def test_guard_accepts_only_the_ssh_runners_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0 quiet\n")
+    # What harness.remote.ssh puts in the command it starts on a --target machine.
+    capture.refuse_outside_guest(str(cmdline), {capture.REMOTE_TARGET_ENV: "ssh://root@arm-box:2222"})
+    for value in ("", "1", "yes"):  # anything but the runner's target URL is no opt-in
+        with pytest.raises(capture.NotInGuest, match="--target"):
+            capture.refuse_outside_guest(str(cmdline), {capture.REMOTE_TARGET_ENV: value})
+    monkeypatch.setenv(capture.REMOTE_TARGET_ENV, "ssh://root@127.0.0.1:2222")
+    capture.refuse_outside_guest(str(cmdline))  # read from the process environment by default
+    monkeypatch.delenv(capture.REMOTE_TARGET_ENV)
+    with pytest.raises(capture.NotInGuest):
+        capture.refuse_outside_guest(str(cmdline))

@@ -27,7 +27,7 @@ def ws() -> Any:
 
 
 def fake_runner(calls: list[str], interrupt_at: str | None = None) -> Any:
-    def run(_ws: Any, cell: Cell, _run_dir: Path, *, fault: str | None = None) -> CellResult:
+    def run(_ws: Any, cell: Cell, _run_dir: Path, *, fault: str | None = None, target: str | None = None) -> CellResult:
         calls.append(cell.id)
         if cell.id == interrupt_at:
             raise KeyboardInterrupt
