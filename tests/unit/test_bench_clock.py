@@ -45,10 +45,16 @@ def _fake_storms(monkeypatch: pytest.MonkeyPatch, rates: list[float]) -> list[fl
     return calls
 
 
-def test_settle_stops_once_two_baselines_in_a_row_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settle_stops_once_three_baselines_in_a_row_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fake_storms(monkeypatch, [275e3, 304e3, 335e3, 439e3, 440e3, 439e3, 1.0])
-    assert guest_bench.settle("storm", "getppid", 1000, tries=6) == [275e3, 304e3, 335e3, 439e3, 440e3]
-    assert len(calls) == 5
+    assert guest_bench.settle("storm", "getppid", 1000, tries=8) == [275e3, 304e3, 335e3, 439e3, 440e3, 439e3]
+    assert len(calls) == 6
+
+
+def test_two_close_baselines_are_not_yet_settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Measured on x86_64 right after boot: two slow storms within 2%, then the real rate.
+    _fake_storms(monkeypatch, [214e3, 193e3, 195e3, 205e3, 315e3, 315e3, 315e3, 1.0])
+    assert guest_bench.settle("storm", "getppid", 1000, tries=8)[-3:] == [315e3, 315e3, 315e3]
 
 
 def test_settle_gives_up_after_its_tries(monkeypatch: pytest.MonkeyPatch) -> None:
