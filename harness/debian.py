@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import errno
 import gc
 import gzip
 import hashlib
@@ -41,7 +42,8 @@ from debian.deb822 import Deb822, Release
 from debian.debfile import DebError, DebFile
 from debian.debian_support import Version
 
-from harness.errors import ConfigError, FetchError
+from harness.errors import ConfigError, FetchError, KmatrixError
+from harness.paths import cache_write_error
 
 log = logging.getLogger("kmatrix.debian")
 
@@ -337,10 +339,16 @@ def verify_inrelease(data: bytes, keyrings: Sequence[Path], *, what: str) -> str
         )
     with tempfile.TemporaryDirectory(prefix="kmatrix-gpgv-") as tmp:
         work = Path(tmp)
-        (work / "InRelease").write_bytes(data)
-        cmd = ["gpgv", "--homedir", str(work), "--status-fd", "1", "--output", str(work / "Release")]
-        for keyring in keyrings:
-            cmd += ["--keyring", str(_keyring_for_gpgv(keyring, work))]
+        try:
+            (work / "InRelease").write_bytes(data)
+            cmd = ["gpgv", "--homedir", str(work), "--status-fd", "1", "--output", str(work / "Release")]
+            for keyring in keyrings:
+                cmd += ["--keyring", str(_keyring_for_gpgv(keyring, work))]
+        except OSError as e:  # a full temporary directory: name it, not the cache the caller writes to
+            mapped = cache_write_error(work, e)
+            if mapped is None or e.errno not in (errno.ENOSPC, errno.EDQUOT):  # EACCES on a keyring is not ours
+                raise
+            raise mapped from e
         cmd.append(str(work / "InRelease"))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
@@ -591,7 +599,7 @@ class DebianRepo:
             _remove_stale_temps(final)
             tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
             try:
-                _extract_data(deb, tmp)
+                _extract_data(deb, tmp, final)
                 os.rename(tmp, final)
             except BaseException:
                 _rmtree(tmp)
@@ -708,10 +716,14 @@ class DebianRepo:
             tmp = Path(tmp_name)
             try:
                 with os.fdopen(fd, "wb") as sink:
-                    got = self._get(url, Path(pkg.filename).name, sink, limit=pkg.size)
+                    got = self._get(url, Path(pkg.filename).name, sink, limit=pkg.size, dest=dest)
                 if got == (pkg.sha256, pkg.size):
-                    os.replace(tmp, dest)
-                    return
+                    # Trust what landed on disk, not only what streamed past: a short write must not pass.
+                    written = _file_digest(tmp)
+                    if written == got:
+                        os.replace(tmp, dest)
+                        return
+                    got = written
                 failure = _Mismatch(
                     f"{url}: sha256/size mismatch: expected {pkg.sha256} ({pkg.size} bytes), "
                     f"got {got[0]} ({got[1]} bytes)"
@@ -740,8 +752,14 @@ class DebianRepo:
         self._get(url, name, sink, limit=limit)
         return sink.getvalue()
 
-    def _get(self, url: str, name: str, sink: IO[bytes], *, limit: int | None = None) -> tuple[str, int]:
-        """Stream ``url`` into ``sink``; (sha256, size). Stops one byte past ``limit``."""
+    def _get(
+        self, url: str, name: str, sink: IO[bytes], *, limit: int | None = None, dest: Path | None = None
+    ) -> tuple[str, int]:
+        """Stream ``url`` into ``sink``; (sha256, size). Stops one byte past ``limit``.
+
+        ``dest`` names the cache file a file ``sink`` is for: a failed write to it raises a
+        KmatrixError at once instead of the OSError a failed transfer raises (which is retried).
+        """
         request = urllib.request.Request(url, headers={"User-Agent": "kmatrix"})
         digest = hashlib.sha256()
         done = 0
@@ -751,11 +769,12 @@ class DebianRepo:
             self._report(name, 0, total)
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)
-                sink.write(chunk)
+                _write_sink(sink, chunk, dest)
                 done += len(chunk)
                 self._report(name, done, total)
                 if limit is not None and done > limit:
                     break  # more than the signed size: no point reading on
+            _write_sink(sink, b"", dest)  # flush here, so a full disk is not mistaken for the network
         return digest.hexdigest(), done
 
     def _report(self, name: str, done: int, total: int | None) -> None:
@@ -764,19 +783,52 @@ class DebianRepo:
 
     @contextmanager
     def _locked(self, target: Path) -> Iterator[None]:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(target) + ".lock", timeout=_LOCK_TIMEOUT_S)
+        """Hold ``target``'s lock; every write to the cache happens inside one of these.
+
+        So this is where a full or read-only cache becomes one clear CacheError naming the path
+        (each writer removes its own temporary files on the way out).
+        """
         try:
-            lock.acquire()
-        except filelock.Timeout as e:
-            raise FetchError(
-                f"timed out waiting for the lock on {target}",
-                hint="another kmatrix process holds it; delete the .lock if none runs",
-            ) from e
-        try:
-            yield
-        finally:
-            lock.release()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(str(target) + ".lock", timeout=_LOCK_TIMEOUT_S)
+            try:
+                lock.acquire()
+            except filelock.Timeout as e:
+                raise FetchError(
+                    f"timed out waiting for the lock on {target}",
+                    hint="another kmatrix process holds it; delete the .lock if none runs",
+                ) from e
+            try:
+                yield
+            finally:
+                lock.release()
+        except OSError as e:
+            mapped = _cache_error(self.root, target, e)
+            if mapped is None:
+                raise
+            raise mapped from e
+
+
+def _write_sink(sink: IO[bytes], data: bytes, dest: Path | None) -> None:
+    try:
+        if data:
+            sink.write(data)
+        else:
+            sink.flush()
+    except OSError as e:
+        if dest is None:
+            raise
+        mapped = cache_write_error(dest, e)
+        raise mapped or FetchError(f"cannot write {dest}: {e}") from e
+
+
+def _cache_error(root: Path, where: Path, error: OSError) -> KmatrixError | None:
+    # A read-only/permission error about a file outside the cache (a keyring, say) is not the cache's.
+    named = Path(os.fsdecode(error.filename)) if error.filename else None
+    not_writable = error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    if named is not None and not_writable and not named.is_relative_to(root.parent.parent):
+        return None
+    return cache_write_error(where, error)
 
 
 _gc_lock = threading.Lock()
@@ -892,12 +944,22 @@ def _unpacked(final: Path, marker: Path, sha256: str) -> bool:
         return False
 
 
-def _extract_data(deb: Path, dest: Path) -> None:
+def _extract_data(deb: Path, dest: Path, shown: Path) -> None:
     try:
         with DebFile(str(deb)) as debfile:
             debfile.data.tgz().extractall(dest, filter=_no_devices_filter)
-    except (DebError, tarfile.TarError, OSError, EOFError, lzma.LZMAError) as e:
-        raise FetchError(
-            f"cannot unpack {deb}: {e}",
-            hint=f"delete {deb} and try again; if it persists the package is damaged",
-        ) from e
+    except OSError as e:
+        # A full or read-only cache is not a damaged package: say so instead of blaming the .deb.
+        mapped = cache_write_error(shown, e)
+        if mapped is not None:
+            raise mapped from e
+        raise _unpack_error(deb, e) from e
+    except (DebError, tarfile.TarError, EOFError, lzma.LZMAError) as e:
+        raise _unpack_error(deb, e) from e
+
+
+def _unpack_error(deb: Path, e: BaseException) -> FetchError:
+    return FetchError(
+        f"cannot unpack {deb}: {e}",
+        hint=f"delete {deb} and try again; if it persists the package is damaged",
+    )

@@ -39,3 +39,10 @@ class HostGuardError(KmatrixError):
     """Refused: an action that must only ever happen inside a guest was asked on the host."""
 
     exit_code = 2
+
+
+class CacheError(KmatrixError):
+    """The cache cannot be written: its disk is full, or it is read-only / not writable.
+
+    Infrastructure (exit 3): nothing the run produced half-way is left for a later run to trust.
+    """

@@ -8,12 +8,15 @@ sourceless .pyc, and everything written as newc cpio. Images are cached by a has
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +29,10 @@ from harness import cpio
 from harness.archs import ArchProfile
 from harness.debian import DebianRepo, Package
 from harness.errors import BuildError, ConfigError
-from harness.paths import project_root
+from harness.paths import cache_write_error, cache_writes, project_root
 from harness.pyruntime import PythonRuntime, host_debian_arch, python_runtime, suite_python_version
+
+log = logging.getLogger("kmatrix.rootfs")
 
 # Bump when the layout produced here changes, so cached images are rebuilt.
 BUILDER_VERSION = 3
@@ -147,7 +152,8 @@ class ImageBuilder:
     def __init__(self, repo: DebianRepo, cache: Path, *, log: Callable[[str], None] = lambda _m: None) -> None:
         self.repo = repo
         self.cache = cache / "images"
-        self.cache.mkdir(parents=True, exist_ok=True)
+        with cache_writes(self.cache):
+            self.cache.mkdir(parents=True, exist_ok=True)
         self.log = log
 
     def build(self, arch: ArchProfile, suite: str, recipe: Recipe | None = None) -> GuestImage:
@@ -165,8 +171,8 @@ class ImageBuilder:
         key = _input_hash(recipe, packages, init, {"arch": arch.name, "suite": suite})
         target = self.cache / f"{arch.name}-{suite}-{key}.cpio.gz"
         meta = {pkg.name: pkg.version + ("" if pkg.suite == suite else f" ({pkg.suite})") for pkg in packages}
-        with FileLock(str(target) + ".lock"):
-            if target.exists():
+        with cache_writes(target), FileLock(str(target) + ".lock"):
+            if _image_intact(target):
                 return GuestImage(target, arch.name, suite, py, meta, target.stat().st_size, False)
             self.log(f"building guest image for {arch.name} ({suite}, Python {py})")
             for note in substitutions:
@@ -174,14 +180,22 @@ class ImageBuilder:
             runtime = python_runtime(self.repo, suites, host_debian_arch(), py)
             with tempfile.TemporaryDirectory(prefix="kmatrix-rootfs-") as tmp:
                 staging = Path(tmp) / "root"
-                self._stage_packages(staging, packages, recipe)
-                self._stage_python(staging, packages, runtime, recipe, py, arch)
-                self._stage_agent(staging, runtime)
-                self._finish_layout(staging, recipe, init, py)
+                with cache_writes(staging):  # the staging tree is outside the cache: name it if its disk fills
+                    self._stage_packages(staging, packages, recipe)
+                    self._stage_python(staging, packages, runtime, recipe, py, arch)
+                    self._stage_agent(staging, runtime)
+                    self._finish_layout(staging, recipe, init, py)
+                partial = target.with_suffix(target.suffix + ".tmp")  # where write_gzip_cpio writes first
                 try:
                     cpio.write_gzip_cpio(list(_entries(staging)), target)
                 except OSError as error:
+                    # No half-written image may stay behind: it would only eat the space a retry needs.
+                    partial.unlink(missing_ok=True)
+                    mapped = cache_write_error(target, error)
+                    if mapped is not None:
+                        raise mapped from None
                     raise BuildError(f"cannot write guest image {target}: {error.strerror}") from None
+                _write_checksum(target)
         return GuestImage(target, arch.name, suite, py, meta, target.stat().st_size, True)
 
     def _stage_packages(self, staging: Path, packages: list[Package], recipe: Recipe) -> None:
@@ -236,6 +250,61 @@ class ImageBuilder:
         (staging / "usr/bin/python3").symlink_to(f"python{py}")
         shutil.copyfile(init, staging / "init")
         (staging / "init").chmod(0o755)
+
+
+def _checksum_path(image: Path) -> Path:
+    return image.with_name(image.name + ".sha256")
+
+
+def _sha256_of(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _write_checksum(image: Path) -> None:
+    sidecar = _checksum_path(image)
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    try:
+        tmp.write_text(_sha256_of(image) + "\n")
+        tmp.replace(sidecar)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _image_intact(image: Path) -> bool:
+    """True iff the cached image is the one that was built: its sha256 matches the one recorded then.
+
+    A cached image that changed on disk (a flipped bit, a truncation) is removed and built again,
+    never booted. An image from before checksums were recorded is kept only if its whole gzip stream
+    decodes (gzip's CRC catches a flipped bit), and its checksum is recorded from then on.
+    """
+    if not image.is_file():
+        return False
+    try:
+        recorded: str | None = _checksum_path(image).read_text().strip()
+    except FileNotFoundError:
+        recorded = None
+    if recorded is not None and _sha256_of(image) == recorded:
+        return True
+    if recorded is None and _gzip_whole(image):
+        _write_checksum(image)
+        return True
+    why = "does not match its recorded sha256" if recorded is not None else "does not decompress"
+    log.warning("cached guest image %s %s; building it again", image, why)
+    image.unlink()
+    _checksum_path(image).unlink(missing_ok=True)
+    return False
+
+
+def _gzip_whole(path: Path) -> bool:
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error):
+        return False
+    return True
 
 
 def arch_triplet(arch: ArchProfile) -> str:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import filelock
 
+from harness.paths import cache_writes
+
 Log = Callable[[str], None]
 
 
@@ -58,7 +60,14 @@ def cached_dir(dest: Path, fill: Callable[[Path], str], *, lock_timeout_s: float
     done = dest / ".complete"
     if done.exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A full or read-only cache ends in one CacheError naming the path; the temporary tree is removed.
+    with cache_writes(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return _fill_locked(dest, fill, lock_timeout_s)
+
+
+def _fill_locked(dest: Path, fill: Callable[[Path], str], lock_timeout_s: float) -> Path:
+    done = dest / ".complete"
     with filelock.FileLock(str(dest) + ".lock", timeout=lock_timeout_s):
         if done.exists():
             return dest
