@@ -210,6 +210,8 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
             result.reason = f"guest: {reply.get('error')}"
             result.metrics["traceback"] = reply.get("traceback")
             result.metrics["console_tail"] = log_tail
+            if reply.get("dmesg") is not None:  # a refused driver: what the kernel said while refusing it
+                result.metrics["dmesg"] = reply["dmesg"]
             return result
         result.metrics.update({k: v for k, v in reply.items() if k not in ("ok", "type", "id")})
         (cell_dir / f"{op}.json").write_text(json.dumps(reply, indent=2))
@@ -218,16 +220,25 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         else:
             result.status = "fail"
             result.reason = _failure_reason(reply)
-    except GuestCrash as error:
+    except KmatrixError as error:
+        record_error(result, error, target=target)
+    return result
+
+
+def record_error(result: CellResult, error: KmatrixError, *, target: str | None = None) -> None:
+    """Judge what a cell raised: a crashed guest kernel is the driver's or suite's `fail` (with the
+    crash's headline and call trace in metrics); anything else raised is infrastructure, `error`."""
+    if isinstance(error, GuestCrash):
         result.status, result.reason = "fail", str(error)
-    except BuildError as error:
+        result.metrics["crash"] = {"headline": error.headline, "call_trace": list(error.call_trace),
+                                   "excerpt": error.excerpt, "log": error.hint}
+    elif isinstance(error, BuildError):
         hint = f" (reproduce: {error.hint})" if error.hint else ""
         result.status, result.reason = "error", f"build: {error}{hint}"
-    except (KmatrixError, GuestError) as error:
+    else:
         # On a target the hint is the way out (how to trust its host key, which key to log in with).
         hint = f" ({error.hint})" if target is not None and error.hint else ""
         result.status, result.reason = "error", f"{error}{hint}"
-    return result
 
 
 def _run_in_guest(ws: Workspace, arch: ArchProfile, files: list[tuple[Path, str, int]], op: str,
@@ -243,9 +254,11 @@ def _run_in_guest(ws: Workspace, arch: ArchProfile, files: list[tuple[Path, str,
     guest = boot_with_retry(spec, cell_dir, arch.tcg_boot_timeout_s, result)
     try:
         started = time.monotonic()
-        reply = guest.request(op, timeout_s=timeout_s, driver=kind, artifact="/" + artifact,
-                              token=f"{cell.arch[:3]}{int(time.time()) % 100000}", **params)
-        result.timings["run_s"] = round(time.monotonic() - started, 2)
+        try:
+            reply = guest.request(op, timeout_s=timeout_s, driver=kind, artifact="/" + artifact,
+                                  token=f"{cell.arch[:3]}{int(time.time()) % 100000}", **params)
+        finally:  # also when it timed out or crashed: how long the suite ran before that
+            result.timings["run_s"] = round(time.monotonic() - started, 2)
         with_log_tail = guest.log.tail(5)
         guest.poweroff()
     finally:

@@ -30,7 +30,13 @@ CRASH_PATTERNS = re.compile(
     r"Kernel panic - not syncing|Attempted to kill init|BUG: |Oops[:\s]|Unable to handle kernel|"
     r"general protection fault|kernel BUG at|Internal error: Oops"
 )
+# Where a crash report's call trace starts (x86: "Call Trace:", arm64/riscv: "Call trace:").
+_CALL_TRACE = re.compile(r"Call [Tt]race:")
+# A console line's kernel timestamp, "[   12.345678] ", stripped from excerpts kept in results.
+_TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 _PR_SET_PDEATHSIG = 1
+# A kernel message on the console (printk.time=1): "[    1.234567] ...".
+_KERNEL_MESSAGE = re.compile(r"\[\s*\d+\.\d{6}\]")
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,15 @@ def qemu_command(spec: BootSpec, initrd: Path | None = None) -> list[str]:
     return argv
 
 
+def _deadline(timeout_s: float) -> float:
+    """The monotonic moment a boot or request wait gives up: the guard that ends a hung guest.
+
+    One function so that fault drill 1 (tests/faults/test_guest_faults.py) can switch the guard off
+    in a child process and show that without it a hung request never ends.
+    """
+    return time.monotonic() + timeout_s
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: QEMU gets SIGKILL if the harness dies, even by SIGKILL."""
     try:
@@ -189,7 +204,44 @@ class ConsoleLog:
 
 
 class GuestCrash(GuestError):
-    """The guest kernel panicked, oopsed or lost init; the message carries the console excerpt."""
+    """The guest kernel panicked, oopsed or lost init; the message carries the console excerpt.
+
+    `headline` is the first crash line (e.g. "BUG: kernel NULL pointer dereference, address: 0"),
+    `call_trace` the trace's frames without timestamps (empty when the kernel printed none).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, headline: str = "", excerpt: str = "",
+                 call_trace: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.headline = headline
+        self.excerpt = excerpt
+        self.call_trace = call_trace
+
+
+def crash_headline(text: str, start: int) -> str:
+    """The whole console line holding the crash pattern found at `start`, without its timestamp."""
+    begin = text.rfind("\n", 0, start) + 1
+    end = text.find("\n", start)
+    line = text[begin : end if end >= 0 else len(text)].replace("\r", "")
+    return _TIMESTAMP.sub("", line).strip()
+
+
+def call_trace(text: str, start: int = 0, limit: int = 40) -> tuple[str, ...]:
+    """The frames of the first call trace at or after `start` (timestamps stripped), up to `limit`."""
+    found = _CALL_TRACE.search(text, start)
+    if not found:
+        return ()
+    frames: list[str] = []
+    for raw in text[found.end() :].replace("\r", "").splitlines()[1:]:
+        line = _TIMESTAMP.sub("", raw)
+        # Frames are indented (" func+0x1a/0x20", " ? func...", " <TASK>"); the trace ends at the
+        # first line that is not (the register dump, "Kernel panic ...", "---[ end trace").
+        if not line.startswith((" ", "\t")) or len(frames) >= limit:
+            break
+        frames.append(line.strip())
+        if line.strip() == "</TASK>":
+            break
+    return tuple(frames)
 
 
 @dataclass(frozen=True)
@@ -325,14 +377,29 @@ class Guest:
         while time.monotonic() < deadline and self._pump(0.2):
             pass
         excerpt = self.log.around(match.start())
+        headline = crash_headline(self.log.text, match.start())
+        trace = call_trace(self.log.text, match.start())
+        # A crashed kernel serves no more requests (panic=-1 normally ends QEMU already): kill it.
+        self.close()
         raise GuestCrash(
-            f"guest kernel crashed ({match.group(0).strip()}):\n{excerpt}", hint=f"full console log: {self.log.path}"
+            f"guest kernel crashed ({headline or match.group(0).strip()}):\n{excerpt}",
+            hint=f"full console log: {self.log.path}",
+            headline=headline,
+            excerpt=excerpt,
+            call_trace=trace,
         )
+
+    def _no_kernel_output(self) -> str:
+        """A note for boot errors when the kernel printed nothing here (e.g. a wrong console=)."""
+        if _KERNEL_MESSAGE.search(self.log.text):
+            return ""
+        return (f" (no kernel message reached this console: is console={self.spec.arch.console} "
+                "the guest's serial console?)")
 
     def _wait_frame(self, wanted: Any, timeout_s: float, *, phase: str) -> protocol.Frame:
         if self._child is None:
             raise GuestError("guest is not running")
-        deadline = time.monotonic() + timeout_s
+        deadline = _deadline(timeout_s)
         while True:
             for frame in self._frames:
                 if wanted(frame.message):
@@ -342,17 +409,20 @@ class Guest:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 error = BootError if phase == "boot" else GuestError
-                raise error(
-                    f"timed out after {timeout_s:.0f} s in {phase}; last console lines:\n{self.log.tail(15)}",
-                    hint=f"full console log: {self.log.path}",
-                )
+                note = self._no_kernel_output() if phase == "boot" else ""
+                message = (f"timed out after {timeout_s:.0f} s in {phase}{note}; last console lines:\n"
+                           f"{self.log.tail(15)}")
+                # The agent is stuck (or never started): nothing more will come, and a guest left
+                # running would outlive a caller that forgets to close it. Its console log stays.
+                self.close()
+                raise error(message, hint=f"full console log: {self.log.path}")
             if not self._pump(min(remaining, 0.5)):
                 self._check_crash()
                 error = BootError if phase == "boot" else GuestError
-                raise error(
-                    f"QEMU exited during {phase}; last console lines:\n{self.log.tail(15)}",
-                    hint=f"command: {' '.join(self.argv)}",
-                )
+                note = self._no_kernel_output() if phase == "boot" else ""
+                message = f"QEMU exited during {phase}{note}; last console lines:\n{self.log.tail(15)}"
+                self.close()  # reap it
+                raise error(message, hint=f"command: {' '.join(self.argv)}")
 
 
 def running_qemu_pids(pattern: str = "qemu-system-") -> Iterator[int]:

@@ -235,12 +235,25 @@ static int kmx_alloc_buffers(void)
 	return 0;
 }
 
+#ifdef KMX_FAULT_UNKNOWN_SYMBOL
+/* Test-only: declared by the kernel (linux/kallsyms.h) but not exported to modules since 5.7. */
+extern unsigned long kallsyms_lookup_name(const char *name);
+#endif
+
 static int __init kmx_init(void)
 {
 	int ret;
 
 	BUILD_BUG_ON(sizeof(struct kmx_event_hdr) != KMX_HDR_SIZE);
 	BUILD_BUG_ON(sizeof(struct kmx_ring_ctrl) > KMX_CTRL_SIZE);
+#ifdef KMX_FAULT_OOPS_ON_LOAD
+	/* Test-only: a NULL dereference in module init, the driver oops a fault drill must report. */
+	*(volatile unsigned long *)NULL = buffer_bytes;
+#endif
+#ifdef KMX_FAULT_UNKNOWN_SYMBOL
+	if (!kallsyms_lookup_name("kmx_init"))
+		return -ENOENT;
+#endif
 	if (buffer_bytes < KMX_MIN_BUFFER || buffer_bytes > KMX_MAX_BUFFER) {
 		pr_err("kmx: buffer_bytes=%lu out of range %lu..%lu\n", buffer_bytes, KMX_MIN_BUFFER, KMX_MAX_BUFFER);
 		return -EINVAL;

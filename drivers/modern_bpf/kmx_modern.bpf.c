@@ -465,6 +465,17 @@ int BPF_PROG(kmx_sys_enter, struct pt_regs *regs, long id)
 
 	if (id < 0 || !kmx_wanted(pid_tgid) || !kmx_sample_enter(pid_tgid))
 		return 0;
+#ifdef KMX_FAULT_VERIFIER_REJECT
+	{
+		/* Test-only: reads 8 bytes past the filter map's one __u64, which the verifier refuses
+		 * ("invalid access to map value"): a load failure the fault drills must report. */
+		__u32 zero = 0;
+		volatile __u64 *value = bpf_map_lookup_elem(&filter, &zero);
+
+		if (value && value[1] == (__u64)id)
+			return 1;
+	}
+#endif
 	kmx_emit(regs, KMX_EVT_SYS_ENTER, id, 0, pid_tgid);
 	return 0;
 }

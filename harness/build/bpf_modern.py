@@ -41,7 +41,11 @@ from harness.errors import BuildError, FetchError
 from harness.paths import project_root
 
 BUILD_FORMAT = 1  # bump when the build directory layout or the compile command changes
-FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("-DKMX_FAULT_SWAP_ARGS",), "no_ia32": ("-DKMX_FAULT_NO_IA32",)}
+FAULTS: dict[str, tuple[str, ...]] = {
+    "swap_args": ("-DKMX_FAULT_SWAP_ARGS",),
+    "no_ia32": ("-DKMX_FAULT_NO_IA32",),
+    "verifier_reject": ("-DKMX_FAULT_VERIFIER_REJECT",),  # test-only: a program the verifier refuses
+}
 OBJECT_NAME = "kmx_modern.bpf.o"
 SOURCE_NAME = "kmx_modern.bpf.c"
 DECODE_HEADER = "kmx_modern_decode.h"

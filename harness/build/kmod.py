@@ -39,7 +39,14 @@ from harness.images import resolve_image_package
 from harness.paths import project_root
 
 BUILD_FORMAT = 1  # bump when the build root layout or make invocation changes
-FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("KMX_FAULT_SWAP_ARGS=y",), "no_ia32": ("KMX_FAULT_NO_IA32=y",)}
+# Test-only build faults (make variables; drivers/kmod/Kbuild turns them into -D defines).
+FAULTS: dict[str, tuple[str, ...]] = {
+    "swap_args": ("KMX_FAULT_SWAP_ARGS=y",),
+    "no_ia32": ("KMX_FAULT_NO_IA32=y",),
+    "oops_on_load": ("KMX_FAULT_OOPS_ON_LOAD=y",),
+    # modpost refuses a module with an undefined symbol unless told to warn: the module must link.
+    "unknown_symbol": ("KMX_FAULT_UNKNOWN_SYMBOL=y", "KBUILD_MODPOST_WARN=1"),
+}
 MAKE_JOBS = 2
 _LOCK_TIMEOUT_S = 1800.0
 _GLIBC_NEED = re.compile(rb"GLIBC_2\.(\d+)(?:\.\d+)?\x00")

@@ -78,6 +78,30 @@ def op_read_file(request: dict[str, Any]) -> dict[str, Any]:
     return {"text": read_text(str(request["path"]))}
 
 
+def op_hang(_request: dict[str, Any]) -> dict[str, Any]:
+    """Test-only: never answers (a stuck agent), for the host's timeout guard to end."""
+    while True:
+        time.sleep(3600)
+
+
+# Test-only switches on the kernel command line, set by the fault drills (tests/faults) through
+# BootSpec.extra_cmdline and never by a run: `kmatrix.test=1` adds the ops in TEST_HANDLERS;
+# `kmatrix.test.hang=OP[,OP...]` makes those ops hang instead of running.
+TEST_FLAG = "kmatrix.test=1"
+TEST_HANG_PREFIX = "kmatrix.test.hang="
+TEST_HANDLERS: dict[str, Handler] = {"hang": op_hang}
+
+
+def test_handlers(cmdline: str) -> dict[str, Handler]:
+    """The test-only handlers the kernel command line asks for (none on every real run)."""
+    words = cmdline.split()
+    handlers: dict[str, Handler] = dict(TEST_HANDLERS) if TEST_FLAG in words else {}
+    for word in words:
+        if word.startswith(TEST_HANG_PREFIX):
+            handlers.update((op, op_hang) for op in word[len(TEST_HANG_PREFIX) :].split(",") if op)
+    return handlers
+
+
 HANDLERS: dict[str, Handler] = {
     "info": op_info,
     "exec": op_exec,
@@ -88,7 +112,11 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+_RESERVED = ("ok", "error", "traceback", "type", "id")  # reply keys an error's details never replace
+
+
 def serve(channel: Channel) -> None:
+    handlers = {**HANDLERS, **test_handlers(read_text("/proc/cmdline"))}
     channel.send({"type": "ready", **system_info()})
     while True:
         frame = channel.receive()
@@ -103,14 +131,18 @@ def serve(channel: Channel) -> None:
         if op == "poweroff":
             channel.send({"type": "result", "id": request_id, "ok": True})
             return
-        handler = HANDLERS.get(op)
+        handler = handlers.get(op)
         if handler is None:
-            reply: dict[str, Any] = {"ok": False, "error": f"unknown op {op!r}; known: {sorted(HANDLERS)}"}
+            reply: dict[str, Any] = {"ok": False, "error": f"unknown op {op!r}; known: {sorted(handlers)}"}
         else:
             try:
                 reply = {"ok": True, **handler(message)}
             except Exception as error:  # any failure is reported, never fatal to the agent
                 reply = {"ok": False, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+                # What the failure found out (e.g. the kernel's lines about a refused module).
+                details = getattr(error, "details", None)
+                if isinstance(details, dict):
+                    reply.update({k: v for k, v in details.items() if k not in _RESERVED})
         channel.send({"type": "result", "id": request_id, **reply})
 
 

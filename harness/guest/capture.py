@@ -26,9 +26,22 @@ def _run(argv: list[str]) -> tuple[int, str]:
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
-def dmesg_tail(lines: int = 20) -> str:
+def dmesg_lines() -> list[str]:
     _rc, text = _run(["dmesg"])
-    return "\n".join(text.splitlines()[-lines:])
+    return text.splitlines()
+
+
+def dmesg_tail(lines: int = 20) -> str:
+    return "\n".join(dmesg_lines()[-lines:])
+
+
+class ModuleLoadError(RuntimeError):
+    """insmod refused the module; `details["dmesg"]` holds what the kernel said while refusing it
+    (vermagic, Unknown symbol, ...), which the agent puts in its reply for the cell's metrics."""
+
+    def __init__(self, message: str, dmesg: list[str]) -> None:
+        super().__init__(message)
+        self.details = {"dmesg": dmesg}
 
 
 class NotInGuest(RuntimeError):
@@ -57,9 +70,14 @@ def refuse_outside_guest(cmdline_path: str = "/proc/cmdline", environ: dict[str,
 
 def load_module(path: str, params: dict[str, Any]) -> None:
     refuse_outside_guest()
+    before = len(dmesg_lines())
     rc, text = _run(["insmod", path, *(f"{k}={v}" for k, v in params.items())])
     if rc != 0:
-        raise RuntimeError(f"insmod {path} failed ({text}); dmesg:\n{dmesg_tail()}")
+        # The kernel's own reason is in the lines it logged during the attempt ("version magic
+        # ... should be ...", "Unknown symbol ..."); a tail when the ring buffer wrapped meanwhile.
+        after = dmesg_lines()
+        said = after[before:] if len(after) > before else after[-20:]
+        raise ModuleLoadError(f"insmod {path} failed ({text}); dmesg:\n" + "\n".join(said), said)
 
 
 def unload_module(name: str = "kmx") -> str | None:
