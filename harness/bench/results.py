@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness import __version__
 from harness.errors import ConfigError
+from harness.validation import validation_message
 
 __all__ = [
     "BUFFER_SIZES_MIB",
@@ -260,21 +261,8 @@ def new_results(
     )
 
 
-def _where(loc: Sequence[int | str]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part == "[key]":
-            text += " (key)"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
 
 
-def _describe(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_results(path: Path) -> BenchResults:
@@ -295,14 +283,7 @@ def load_results(path: Path) -> BenchResults:
     try:
         return BenchResults.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        message = str(first["msg"]).removeprefix("Value error, ")
-        if first["type"] not in ("missing", "value_error", "model_type"):
-            message += f" (got {_describe(first.get('input'))})"
-        rest = len(errors) - 1
-        more = f" (and {rest} more problem{'s' if rest > 1 else ''})" if rest else ""
-        raise ConfigError(f"{source}: {_where(first['loc'])}: {message}{more}") from None
+        raise ConfigError(validation_message(source, exc)) from None
 
 
 def save_results(results: BenchResults, path: Path) -> None:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import __version__
 from harness.archs import ARCH_NAMES
 from harness.errors import ConfigError
+from harness.validation import validation_message
 
 if TYPE_CHECKING:
     from harness.cells import CellResult
@@ -382,32 +383,10 @@ def save_results(results: RunResults, path: Path) -> None:
         raise
 
 
-def _where(loc: Sequence[int | str]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part == "[key]":
-            text += " (key)"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
 
 
-def _describe(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _validation_message(source: str, exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] not in ("missing", "value_error", "model_type"):
-        message += f" (got {_describe(first.get('input'))})"
-    rest = len(errors) - 1
-    more = f" (and {rest} more problem{'s' if rest > 1 else ''})" if rest else ""
-    return f"{source}: {_where(first['loc'])}: {message}{more}"
 
 
 def _read_json(source: str, path: Path) -> Any:
@@ -446,4 +425,4 @@ def load_results(path: Path) -> RunResults:
     try:
         return RunResults.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_validation_message(source, exc)) from None
+        raise ConfigError(validation_message(source, exc)) from None
