@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import re
 import signal
 import sys
 import time
@@ -80,6 +81,8 @@ def _arch_list(value: str) -> list[str]:
     if value == "all":
         return list(ARCH_NAMES)
     names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:  # "" or ",": a typo, not "every architecture"
+        raise UsageError(f"--arch {value!r} names no architecture", hint="an architecture, a comma list, or all")
     for name in names:
         get_arch(name)
     return names
@@ -140,7 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from harness.matrix import applicability
 
     ws = _workspace(args)
-    cells = ws.matrix.cells(args.profile, archs=_arch_list(args.arch) if args.arch else None)
+    cells = ws.matrix.cells(args.profile, archs=_arch_list(args.arch) if args.arch is not None else None)
     rows = []
     for cell in cells:
         release: str | None = None
@@ -250,17 +253,18 @@ def _run_plan_from_args(args: argparse.Namespace, ws: Any, default_profile: str)
     from harness.runner import new_run_dir
     from harness.shard import parse_shard, shard_cells
 
-    profile = args.profile or default_profile
-    archs = _arch_list(args.arch) if args.arch else None
+    # `is not None`, not truthiness: an empty value (--profile "") is an error, not the default.
+    profile = args.profile if args.profile is not None else default_profile
+    archs = _arch_list(args.arch) if args.arch is not None else None
     drivers = None if args.driver in (None, "all") else [d.strip() for d in args.driver.split(",")]
     suites = None if args.suite in (None, "all") else [s.strip() for s in args.suite.split(",")]
     cells = ws.matrix.cells(profile, archs=archs, drivers=drivers, suites=suites)
-    if args.kernel:
+    if args.kernel is not None:
         cells = [c for c in cells if args.kernel in (c.kernel.label, c.kernel.suite)]
         if not cells:
             raise UsageError(f"--kernel {args.kernel!r} matches no cell of profile {profile}")
     shard = None
-    if getattr(args, "shard", None):
+    if getattr(args, "shard", None) is not None:
         try:
             index, count = parse_shard(args.shard)
         except ValueError as error:
@@ -271,20 +275,33 @@ def _run_plan_from_args(args: argparse.Namespace, ws: Any, default_profile: str)
     if target is not None:
         from harness.remote.ssh import parse_target
 
-        if args.host_key:  # the URL's own option, so one string carries the whole target
+        if args.host_key is not None:  # the URL's own option, so one string carries the whole target
             target += ("&" if "?" in target else "?") + f"fingerprint={args.host_key}"
         parse_target(target)  # a bad URL is a ConfigError naming what is wrong, before anything runs
-    elif getattr(args, "host_key", None):
+    elif getattr(args, "host_key", None) is not None:
         raise UsageError("--host-key needs --target", hint="--target ssh://user@host[:port] --host-key SHA256:...")
     run_dir = args.output or new_run_dir(None, "run")
     return RunPlan(cells, run_dir, profile, shard=shard, fault=getattr(args, "fault", None), target=target)
 
 
+def _report_stale_runs(args: argparse.Namespace) -> None:
+    """Before a run: warn about run directories (under ./runs and beside -o) whose run was killed
+    outright, marking their results.json interrupted. Never deletes anything."""
+    from harness.runner import default_runs_root, find_stale_runs
+
+    roots = [default_runs_root()]
+    if args.output is not None:
+        roots.append(Path(args.output).parent)
+    for stale in find_stale_runs(roots):
+        err.print(f"[yellow]warning:[/] {escape(_one_line(stale.line()))}", soft_wrap=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.matrix_run import run_plan
 
+    _report_stale_runs(args)
     ws = _workspace(args)
-    plan = _run_plan_from_args(args, ws, "full" if args.arch else "default")
+    plan = _run_plan_from_args(args, ws, "full" if args.arch is not None else "default")
     results = run_plan(ws, plan, console=err, live=err.is_terminal, quiet=args.quiet or args.json)
     from harness.report import write_reports
 
@@ -303,6 +320,7 @@ def cmd_qualify(args: argparse.Namespace) -> int:
     from harness.qualify import fold_bench, run_bench_for
     from harness.report import write_reports
 
+    _report_stale_runs(args)
     ws = _workspace(args)
     plan = _run_plan_from_args(args, ws, "full")
     results = run_plan(ws, plan, console=err, live=err.is_terminal, quiet=args.quiet or args.json)
@@ -347,7 +365,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.runner import new_run_dir
 
     ws = _workspace(args)
-    archs = _arch_list(args.arch) if args.arch else list(ARCH_NAMES)
+    archs = _arch_list(args.arch) if args.arch is not None else list(ARCH_NAMES)
     cells = []
     for arch in archs:
         refs = ws.matrix.kernels(arch) if args.kernel == "all" else [ws.matrix.newest_kernel(arch)]
@@ -357,6 +375,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 raise UsageError(f"--kernel {args.kernel!r} matches no {arch} kernel of matrix.yaml")
         cells += [(arch, ref) for ref in refs]
     subjects = None if args.driver in (None, "all") else [d.strip() for d in args.driver.split(",") if d.strip()]
+    if subjects == []:  # "" or ",": nothing to measure is a typo, not a benchmark
+        raise UsageError(f"--driver {args.driver!r} names no driver or peer")
     for name in subjects or []:
         if name not in (*DRIVERS, *PEERS):
             raise UsageError(f"--driver {name!r} is not one of {', '.join((*DRIVERS, *PEERS))}")
@@ -513,9 +533,28 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # all that str.splitlines() splits on
+
+
+def _one_line(text: str) -> str:
+    """A bad input's error stays one line: control characters from the input (a newline in an
+    argument or a matrix key) are shown escaped instead of breaking the line."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+_atexit_registered = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _atexit_registered
     signal.signal(signal.SIGTERM, _on_sigterm)
-    atexit.register(kill_all_guests)
+    # A closed terminal (SIGHUP) ends the run like SIGTERM: guests stopped, results marked interrupted.
+    # Left alone when ignored (nohup): the run is meant to outlive the terminal.
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, _on_sigterm)
+    if not _atexit_registered:  # once per process, however often main() is called (tests call it in-process)
+        atexit.register(kill_all_guests)
+        _atexit_registered = True
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         args = build_parser().parse_args(argv)
@@ -523,9 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KmatrixError as error:
         if debug:
             raise
-        err.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
+        # Usage and config errors (exit 2) are one line; others (a guest's console excerpt) keep theirs.
+        message = _one_line(str(error)) if error.exit_code == 2 else str(error)
+        err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
         if error.hint:
-            err.print(f"hint: {escape(error.hint)}", soft_wrap=True)
+            err.print(f"hint: {escape(_one_line(error.hint))}", soft_wrap=True)
         return error.exit_code
     except KeyboardInterrupt:
         killed = kill_all_guests()

@@ -812,6 +812,8 @@ def load_matrix(path: Path) -> Matrix:
         raise ConfigError(f"{source}: {where}invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # PyYAML recurses per nesting level: [[[[... thousands deep is no matrix
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply to be a matrix file") from None
     if data is None:
         raise ConfigError(f"{source}: the file is empty", hint="start from the repository's matrix.yaml")
     return parse_matrix(data, source, base_dir=path.parent)

@@ -8,8 +8,11 @@ status and elapsed time when stderr is a terminal; otherwise one line per cell.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from rich.table import Table
 from harness.cells import SUITE_RUNNERS, CellResult, settle_kernel
 from harness.matrix import Cell, applicability
 from harness.report.schema import RunResults, new_run_results, record_from_cell, save_results
-from harness.runner import Workspace
+from harness.runner import Workspace, guard_disabled, remove_run_marker, write_run_marker
 
 THROUGHPUT_REASON = "measured by `kmatrix bench` (one guest per arch and kernel measures every driver)"
 STATUS_STYLE = {"pass": "green", "fail": "red", "error": "magenta", "skip": "yellow", "running": "cyan",
@@ -106,10 +109,29 @@ class Progress:
         return table
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP ignored while the interrupted results are written: a second Ctrl-C (or a
+    supervisor's repeated SIGTERM) must not cut that write short. SIGKILL still ends the process;
+    the run marker then reports the run to the next one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
+
+
 def run_plan(ws: Workspace, plan: RunPlan, *, console: Console, live: bool, quiet: bool,
              on_result: Callable[[CellResult], None] | None = None) -> RunResults:
     """Every cell of the plan; results.json rewritten after each. Interrupted (Ctrl-C, SIGTERM):
-    the finished cells are saved with `interrupted` set, then the interruption goes on."""
+    the finished cells are saved with `interrupted` set, then the interruption goes on. While it runs,
+    run_dir/running.json names this process; a run killed outright leaves it for the next run to report
+    (harness.runner.find_stale_runs)."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     matrix_path = ws.matrix_path
     records: list[Any] = []
@@ -124,6 +146,7 @@ def run_plan(ws: Workspace, plan: RunPlan, *, console: Console, live: bool, quie
         return results
 
     results = save(False)
+    write_run_marker(plan.run_dir)
     with Progress(plan.cells, console, live=live, quiet=quiet) as progress:
         try:
             for planned in plan.cells:
@@ -142,6 +165,10 @@ def run_plan(ws: Workspace, plan: RunPlan, *, console: Console, live: bool, quie
                 if on_result is not None:
                     on_result(result)
         except BaseException:
-            save(True)
+            if not guard_disabled("interrupted-mark"):
+                with _signals_held():
+                    save(True)
+                    remove_run_marker(plan.run_dir)  # results.json itself now says the run was interrupted
             raise
+    remove_run_marker(plan.run_dir)
     return results

@@ -34,6 +34,9 @@ _KERNEL_LINE = re.compile(r"\r?\n?\[\s*\d+\.\d+\][^\n]*\r?\n")
 _HEADER = re.compile(r"(\d+)\|(\d+)\|([0-9a-f]{8})\|")
 # Frames longer than this are refused: a corrupted length field must not make the scanner wait forever.
 MAX_PAYLOAD = 16 * 1024 * 1024
+# Test-only: the protocol fault drill's guard-removal proof (tests/faults/test_protocol_faults.py)
+# turns checksum verification off to show a tampered frame would then be taken for a result.
+VERIFY_CHECKSUM = True
 
 
 class ProtocolError(Exception):
@@ -76,7 +79,7 @@ def decode_body(body: str) -> Frame:
     raw = payload.encode("utf-8", errors="replace")
     if len(raw) != length:
         raise ProtocolError(f"frame {seq}: length {len(raw)} != declared {length}")
-    if checksum(raw) != crc:
+    if VERIFY_CHECKSUM and checksum(raw) != crc:
         raise ProtocolError(f"frame {seq}: checksum {checksum(raw)} != declared {crc}")
     try:
         message = json.loads(payload)
@@ -101,6 +104,11 @@ class FrameScanner:
     def pending(self) -> str:
         """Text after the last complete frame (a frame in progress, or console noise)."""
         return self._buffer
+
+    @property
+    def incomplete(self) -> bool:
+        """A frame has started and not ended: if the sender stops now (EOF), that frame is lost."""
+        return self._buffer.startswith(START)
 
     def feed(self, text: str) -> list[Frame | CorruptFrame]:
         self._buffer += text

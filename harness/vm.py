@@ -264,6 +264,7 @@ class Guest:
         self._next_id = 0
         self._started = 0.0
         self._crash_scan_from = 0
+        self._unrecoverable = 0  # corrupt frames whose sequence number was lost: no resend can be asked
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -365,7 +366,19 @@ class Guest:
                 self._frames.append(item)
             elif item.seq is not None:
                 self._send({"type": "resend", "seq": item.seq})
+            else:
+                self._unrecoverable += 1
         return True
+
+    def _lost_note(self, phase: str) -> str:
+        """Why the awaited frame is missing, when the console shows it was lost on the way."""
+        what = "ready" if phase == "boot" else "result"
+        if self._scanner.incomplete:
+            return f" ({what} frame incomplete: the guest stopped in the middle of a frame)"
+        if self._unrecoverable:
+            return (f" ({what} frame incomplete: {self._unrecoverable} frame(s) arrived corrupt with no sequence "
+                    "number left to ask for again)")
+        return ""
 
     def _check_crash(self) -> None:
         match = CRASH_PATTERNS.search(self.log.text, max(0, self._crash_scan_from - 200))
@@ -409,7 +422,7 @@ class Guest:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 error = BootError if phase == "boot" else GuestError
-                note = self._no_kernel_output() if phase == "boot" else ""
+                note = (self._no_kernel_output() if phase == "boot" else "") + self._lost_note(phase)
                 message = (f"timed out after {timeout_s:.0f} s in {phase}{note}; last console lines:\n"
                            f"{self.log.tail(15)}")
                 # The agent is stuck (or never started): nothing more will come, and a guest left
@@ -419,7 +432,7 @@ class Guest:
             if not self._pump(min(remaining, 0.5)):
                 self._check_crash()
                 error = BootError if phase == "boot" else GuestError
-                note = self._no_kernel_output() if phase == "boot" else ""
+                note = (self._no_kernel_output() if phase == "boot" else "") + self._lost_note(phase)
                 message = f"QEMU exited during {phase}{note}; last console lines:\n{self.log.tail(15)}"
                 self.close()  # reap it
                 raise error(message, hint=f"command: {' '.join(self.argv)}")

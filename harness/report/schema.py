@@ -400,6 +400,8 @@ def _read_json(source: str, path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:  # json recurses per nesting level: [[[[... thousands deep is no results file
+        raise ConfigError(f"{source}: invalid JSON: nested too deeply to be a results file") from None
 
 
 def load_results(path: Path) -> RunResults:
