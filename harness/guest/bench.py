@@ -267,11 +267,12 @@ def measure(storm: str, subject: Any, config: dict[str, Any], repeats: int, dura
 
 
 def trimmed_mean(values: list[float]) -> float:
-    """The mean without the lowest and highest value (with four or more values; else the plain mean)."""
+    """The mean without the lowest and highest fifth (at least one each with four or more values;
+    fewer than four: the plain mean)."""
     if not values:
         return 0.0
-    kept = sorted(values)[1:-1] if len(values) >= 4 else values
-    return statistics.fmean(kept)
+    cut = max(1, len(values) // 5) if len(values) >= 4 else 0
+    return statistics.fmean(sorted(values)[cut:len(values) - cut])
 
 
 def summarize(config: dict[str, Any], reps: list[dict[str, Any]], events_per_syscall: int) -> dict[str, Any]:

@@ -68,3 +68,15 @@ def test_the_ratio_is_the_mean_without_the_extremes() -> None:
     assert guest_bench.trimmed_mean([0.294, 0.143, 0.232, 0.111, 0.135]) == pytest.approx((0.135 + 0.143 + 0.232) / 3)
     assert guest_bench.trimmed_mean([0.2, 0.4]) == pytest.approx(0.3)
     assert guest_bench.trimmed_mean([]) == 0.0
+
+
+def test_twenty_pairs_drop_four_at_each_end() -> None:
+    values = [0.1] * 4 + [0.3] * 12 + [0.9] * 4
+    assert guest_bench.trimmed_mean(values) == pytest.approx(0.3)
+
+
+def test_the_wall_clock_splits_pairs_into_shorter_ones() -> None:
+    from harness.bench.run import BenchOptions, wall_clock_sampling
+
+    assert wall_clock_sampling(BenchOptions(repeats=5, duration_ms=1000)) == BenchOptions(repeats=20, duration_ms=250)
+    assert wall_clock_sampling(BenchOptions(repeats=1, duration_ms=200)).duration_ms == 100
