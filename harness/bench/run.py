@@ -20,7 +20,7 @@ from harness.archs import ArchProfile, get_arch
 from harness.bench.results import BenchResults, BenchRun, SubjectResult, now_iso
 from harness.cells import CellResult, boot_with_retry, build_driver, files_overlay
 from harness.errors import BuildError, GuestError, KmatrixError
-from harness.guest.bench import SETTLE_TRIES
+from harness.guest.bench import ADAPTIVE_MAX, SETTLE_TRIES
 from harness.matrix import Cell, KernelRef, applicability
 from harness.paths import project_root
 from harness.runner import Workspace, prepare
@@ -86,8 +86,9 @@ def _guest_timeout(options: BenchOptions, peer: bool, arch_name: str) -> float:
     slow this architecture's emulation is. It only bounds a hang: generous."""
     configs = 2 if peer or options.quick else 7
     storms = 2 * options.repeats + max(SETTLE_TRIES.values())
-    per_config = storms * (options.duration_ms / 1000 + 3)
-    return (120 + configs * per_config) * EMULATION_SLOWNESS.get(arch_name, 1.0) * 2
+    headline = 2 * 2 * options.repeats * ADAPTIVE_MAX  # both mixes' default configuration, at their most pairs
+    per_storm = options.duration_ms / 1000 + 3
+    return (120 + (configs * storms + headline) * per_storm) * EMULATION_SLOWNESS.get(arch_name, 1.0) * 2
 
 
 def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, drivers: list[str] | None = None,

@@ -80,3 +80,51 @@ def test_the_wall_clock_splits_pairs_into_shorter_ones() -> None:
 
     assert wall_clock_sampling(BenchOptions(repeats=5, duration_ms=1000)) == BenchOptions(repeats=20, duration_ms=250)
     assert wall_clock_sampling(BenchOptions(repeats=1, duration_ms=200)).duration_ms == 100
+
+
+def test_agreeing_pairs_are_precise_enough_and_bimodal_ones_are_not() -> None:
+    assert guest_bench.precise_enough([0.073, 0.071, 0.075, 0.072, 0.074])
+    assert not guest_bench.precise_enough([0.178, 0.294, 0.208, 0.286, 0.31])
+    assert not guest_bench.precise_enough([0.3])
+
+
+class _Subject:
+    events_per_syscall = 2
+
+    def __init__(self, ratios: list[float]) -> None:
+        self.ratios = ratios
+
+
+def _alternating_storms(monkeypatch: pytest.MonkeyPatch, captured: list[float]) -> list[int]:
+    """Baselines of 1000/s; captured storms at the given rates in turn."""
+    calls = [0]
+
+    def storm_run(storm: str, mix: str, duration_ms: int, subject: Any = None, **_kw: Any) -> dict[str, Any]:
+        if subject is None:
+            return {"syscalls_per_s": 1000.0}
+        rate = captured[calls[0] % len(captured)] * 1000.0
+        calls[0] += 1
+        return {"syscalls_per_s": rate, "syscalls": int(rate), "duration_s": 1.0,
+                "capture": {"events": int(2 * rate), "drops": 0}}
+
+    monkeypatch.setattr(guest_bench, "storm_run", storm_run)
+    return calls
+
+
+HEADLINE = {"mix": "getppid", "buffer_mib": 8, "sample_every": 1, "pinned": False, "batch": None}
+
+
+def test_a_headline_takes_more_pairs_only_while_they_disagree(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _alternating_storms(monkeypatch, [0.2, 0.2, 0.2, 0.2, 0.2])
+    steady = guest_bench.measure("storm", _Subject([]), HEADLINE, 5, 1000)
+    assert len(steady["repeats"]) == 5 and calls[0] == 5
+    calls = _alternating_storms(monkeypatch, [0.18, 0.3])
+    bimodal = guest_bench.measure("storm", _Subject([]), HEADLINE, 5, 1000)
+    assert 5 < len(bimodal["repeats"]) <= 5 * guest_bench.ADAPTIVE_MAX
+    assert bimodal["overhead_ratio"] == pytest.approx(0.24, abs=0.01)
+
+
+def test_a_sweep_measurement_keeps_its_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    _alternating_storms(monkeypatch, [0.18, 0.3])
+    sweep = guest_bench.measure("storm", _Subject([]), {**HEADLINE, "buffer_mib": 32}, 5, 1000)
+    assert len(sweep["repeats"]) == 5
