@@ -14,8 +14,6 @@ Every problem in a file becomes one `ConfigError` naming the file and the field,
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness import __version__
 from harness.errors import ConfigError
+from harness.paths import write_text_atomic
 from harness.validation import validation_message
 
 __all__ = [
@@ -261,10 +260,6 @@ def new_results(
     )
 
 
-
-
-
-
 def load_results(path: Path) -> BenchResults:
     """Read and validate a results file; any problem is one ConfigError naming the file and the field."""
     source = str(path)
@@ -288,17 +283,7 @@ def load_results(path: Path) -> BenchResults:
 
 def save_results(results: BenchResults, path: Path) -> None:
     """Write `results` as indented JSON, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = results.model_dump_json(indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, results.model_dump_json(indent=2) + "\n")
 
 
 def _latest(created: Sequence[str]) -> str:

@@ -21,7 +21,6 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import __version__
 from harness.archs import ARCH_NAMES
 from harness.errors import ConfigError
+from harness.paths import write_text_atomic
 from harness.validation import validation_message
 
 if TYPE_CHECKING:
@@ -370,23 +370,7 @@ def new_run_results(
 
 def save_results(results: RunResults, path: Path) -> None:
     """Write `results` as indented JSON, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = results.model_dump_json(indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-
-
-
-
+    write_text_atomic(path, results.model_dump_json(indent=2) + "\n")
 
 
 def _read_json(source: str, path: Path) -> Any:
