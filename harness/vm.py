@@ -438,6 +438,14 @@ class Guest:
                 raise error(message, hint=f"command: {' '.join(self.argv)}")
 
 
+def process_alive(pid: int) -> bool:
+    """Running: a zombie waiting for its reaper counts as dead (used by tests and fault drills)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
 def running_qemu_pids(pattern: str = "qemu-system-") -> Iterator[int]:
     """QEMU processes on this host, read from /proc (used by tests and fault drills)."""
     for entry in Path("/proc").iterdir():

@@ -34,7 +34,7 @@ from harness.cells import BOOT_RETRIES, CellResult, record_error, run_capture_ce
 from harness.errors import BootError
 from harness.matrix import Cell
 from harness.runner import Workspace, prepare
-from harness.vm import BootSpec, Guest, GuestCrash, running_qemu_pids
+from harness.vm import BootSpec, Guest, GuestCrash, process_alive, running_qemu_pids
 
 pytestmark = [pytest.mark.faults, pytest.mark.vm, pytest.mark.arch_x86_64]
 
@@ -49,12 +49,6 @@ ONE_SIZE = (8 << 20,)  # one capture run is enough where the driver never gets t
 # -- /proc ---------------------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper is dead for our purpose)."""
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return False
 
 
 def _qemu_children(parent: int | None = None) -> list[int]:
@@ -67,17 +61,17 @@ def _qemu_children(parent: int | None = None) -> list[int]:
         except OSError:
             continue
         ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-        if ppid == parent and _alive(pid):
+        if ppid == parent and process_alive(pid):
             found.append(pid)
     return found
 
 
 def _assert_no_qemu_left(*pids: int) -> None:
     end = time.monotonic() + 5  # SIGKILL is asynchronous: a moment for the kernel to finish it
-    while time.monotonic() < end and (_qemu_children() or any(_alive(pid) for pid in pids)):
+    while time.monotonic() < end and (_qemu_children() or any(process_alive(pid) for pid in pids)):
         time.sleep(0.2)
     assert _qemu_children() == [], "a QEMU of this test outlived its guest"
-    assert [pid for pid in pids if _alive(pid)] == []
+    assert [pid for pid in pids if process_alive(pid)] == []
 
 
 @pytest.fixture(autouse=True)
@@ -249,15 +243,15 @@ def test_hang_guard_removal(workspace: Workspace, tmp_path: Path, guard: str) ->
             assert proc.wait(timeout=30) == 0
         else:
             assert ended is None, f"without its guard the hung request still ended: {ended}"
-            assert _alive(qemu), "the guest went away by itself: the proof proves nothing"
+            assert process_alive(qemu), "the guest went away by itself: the proof proves nothing"
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)  # QEMU follows through its parent-death signal
         proc.wait(timeout=30)
     end = time.monotonic() + 10
-    while time.monotonic() < end and _alive(qemu):
+    while time.monotonic() < end and process_alive(qemu):
         time.sleep(0.2)
-    assert not _alive(qemu), "QEMU outlived the child that ran it"
+    assert not process_alive(qemu), "QEMU outlived the child that ran it"
     assert (tmp_path / "console.log").stat().st_size > 0
 
 

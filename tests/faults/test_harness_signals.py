@@ -31,7 +31,7 @@ import pytest
 
 import harness
 from harness.runner import GUARD_ENV, RUN_MARKER
-from harness.vm import running_qemu_pids
+from harness.vm import process_alive, running_qemu_pids
 
 pytestmark = [pytest.mark.faults, pytest.mark.vm, pytest.mark.arch_x86_64, pytest.mark.slow]
 
@@ -43,12 +43,6 @@ FIRST_CELL_TIMEOUT_S = 600
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 128 + signal.SIGTERM}
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper is dead for our purpose)."""
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return False
 
 
 def _ppid(pid: int) -> int | None:
@@ -60,7 +54,7 @@ def _ppid(pid: int) -> int | None:
 
 
 def _qemu_of(parent: int) -> list[int]:
-    return [pid for pid in running_qemu_pids() if _ppid(pid) == parent and _alive(pid)]
+    return [pid for pid in running_qemu_pids() if _ppid(pid) == parent and process_alive(pid)]
 
 
 def _qemu_mentioning(run_dir: Path) -> list[int]:
@@ -72,7 +66,7 @@ def _qemu_mentioning(run_dir: Path) -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if str(run_dir) in cmdline and _alive(pid):
+        if str(run_dir) in cmdline and process_alive(pid):
             found.append(pid)
     return found
 
@@ -147,9 +141,9 @@ def _interrupt_after_first_cell(tmp_path: Path, signum: int, disable_guard: str 
 
 def _wait_dead(pids: list[int], timeout_s: float = 10) -> list[int]:
     end = time.monotonic() + timeout_s
-    while time.monotonic() < end and any(_alive(pid) for pid in pids):
+    while time.monotonic() < end and any(process_alive(pid) for pid in pids):
         time.sleep(0.2)
-    return [pid for pid in pids if _alive(pid)]
+    return [pid for pid in pids if process_alive(pid)]
 
 
 # -- the outcomes each drill requires (functions, so the guard-removal proofs can show them failing) ----

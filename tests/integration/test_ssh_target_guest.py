@@ -18,16 +18,11 @@ from harness.remote.ssh import HostKeyError, SshTarget
 from harness.remote.sshd_guest import boot_sshd_guest
 from harness.report.schema import load_results
 from harness.runner import Workspace
-from harness.vm import running_qemu_pids
+from harness.vm import process_alive, running_qemu_pids
 
 pytestmark = pytest.mark.vm
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize(
@@ -81,5 +76,5 @@ def test_capture_suite_passes_through_an_ssh_target(workspace: Workspace, tmp_pa
     assert metrics["drops"] == 0
     assert len(metrics["per_buffer_size"]) == 3 and all(run["passed"] for run in metrics["per_buffer_size"])
     assert leftovers["stdout"] == "", f"left on the target: {leftovers['stdout']}"
-    assert not _alive(qemu_pid)
+    assert not process_alive(qemu_pid)
     assert qemu_pid not in set(running_qemu_pids())

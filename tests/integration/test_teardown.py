@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.vm import running_qemu_pids
+from harness.vm import process_alive, running_qemu_pids
 
 pytestmark = [pytest.mark.vm, pytest.mark.arch_x86_64]
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper is dead for our purpose)."""
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return False
 
 
 def _children_qemu(parent: int) -> list[int]:
@@ -62,7 +56,7 @@ def test_signal_mid_boot_leaves_no_qemu(signum: int, tmp_path: Path) -> None:
     proc.send_signal(signum)
     proc.wait(timeout=30)
     time.sleep(0.5)
-    assert [pid for pid in qemu if _alive(pid)] == []
+    assert [pid for pid in qemu if process_alive(pid)] == []
     assert proc.returncode in (130, 128 + signal.SIGTERM)
 
 
@@ -71,9 +65,9 @@ def test_sigkill_of_the_harness_kills_qemu_too(tmp_path: Path) -> None:
     proc.kill()
     proc.wait(timeout=30)
     end = time.monotonic() + 10
-    while time.monotonic() < end and any(_alive(pid) for pid in qemu):
+    while time.monotonic() < end and any(process_alive(pid) for pid in qemu):
         time.sleep(0.2)
-    assert not any(_alive(pid) for pid in qemu), "QEMU survived SIGKILL of its parent"
+    assert not any(process_alive(pid) for pid in qemu), "QEMU survived SIGKILL of its parent"
 
 
 def test_boot_failure_is_retried_once_and_recorded(workspace: object, tmp_path: Path) -> None:
