@@ -22,6 +22,7 @@ from harness.guest.record import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 
@@ -144,3 +145,17 @@ class FrameScanner:
 def _corrupt(body: str, reason: str) -> CorruptFrame:
     header = _HEADER.match(body)
     return CorruptFrame(int(header[1]) if header else None, reason, body[:200])
+
+
+def route(items: list[Frame | CorruptFrame], frames: list[Frame], ask_resend: Callable[[int], None]) -> int:
+    """The host's handling of what a scanner found: verified frames appended to `frames`, a resend
+    asked for each corrupt frame whose sequence number survived; how many could not be asked for."""
+    unrecoverable = 0
+    for item in items:
+        if isinstance(item, Frame):
+            frames.append(item)
+        elif item.seq is not None:
+            ask_resend(item.seq)
+        else:
+            unrecoverable += 1
+    return unrecoverable

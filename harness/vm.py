@@ -361,14 +361,11 @@ class Guest:
             return False
         text = self._decoder.decode(data)
         self.log.append(text)
-        for item in self._scanner.feed(text):
-            if isinstance(item, protocol.Frame):
-                self._frames.append(item)
-            elif item.seq is not None:
-                self._send({"type": "resend", "seq": item.seq})
-            else:
-                self._unrecoverable += 1
+        self._unrecoverable += protocol.route(self._scanner.feed(text), self._frames, self._ask_resend)
         return True
+
+    def _ask_resend(self, seq: int) -> None:
+        self._send({"type": "resend", "seq": seq})
 
     def _lost_note(self, phase: str) -> str:
         """Why the awaited frame is missing, when the console shows it was lost on the way."""

@@ -459,11 +459,7 @@ class RemoteAgent:
             return True
         text = self._decode(data)
         self.log.append(text)
-        for item in self._scanner.feed(text):
-            if isinstance(item, protocol.Frame):
-                self._frames.append(item)
-            elif item.seq is not None:
-                self._send({"type": "resend", "seq": item.seq})
+        protocol.route(self._scanner.feed(text), self._frames, lambda seq: self._send({"type": "resend", "seq": seq}))
         return True
 
     def _wait_frame(self, wanted: Callable[[dict[str, Any]], bool], timeout_s: float, *,
