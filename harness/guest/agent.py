@@ -89,7 +89,19 @@ def op_hang(_request: dict[str, Any]) -> dict[str, Any]:
 # `kmatrix.test.hang=OP[,OP...]` makes those ops hang instead of running.
 TEST_FLAG = "kmatrix.test=1"
 TEST_HANG_PREFIX = "kmatrix.test.hang="
-TEST_HANDLERS: dict[str, Handler] = {"hang": op_hang}
+_CHANNEL: list[Channel] = []  # the agent's channel, for op_damage_next
+
+
+def op_damage_next(request: dict[str, Any]) -> dict[str, Any]:
+    """Test-only: damage the next frame this agent sends ("flip" a payload byte, or "cut" it and exit)."""
+    how = str(request.get("how"))
+    if how not in ("flip", "cut"):
+        raise ValueError(f"damage_next: how must be flip or cut, not {how!r}")
+    _CHANNEL[0].damage_next = how
+    return {"armed": how}
+
+
+TEST_HANDLERS: dict[str, Handler] = {"hang": op_hang, "damage_next": op_damage_next}
 
 
 def test_handlers(cmdline: str) -> dict[str, Handler]:
@@ -117,6 +129,7 @@ _RESERVED = ("ok", "error", "traceback", "type", "id")  # reply keys an error's 
 
 def serve(channel: Channel) -> None:
     handlers = {**HANDLERS, **test_handlers(read_text("/proc/cmdline"))}
+    _CHANNEL[:] = [channel]
     channel.send({"type": "ready", **system_info()})
     while True:
         frame = channel.receive()

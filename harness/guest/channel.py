@@ -25,6 +25,7 @@ class Channel:
         self._seq = 0
         self._sent: OrderedDict[int, str] = OrderedDict()
         self._scanner = protocol.FrameScanner()
+        self.damage_next: str | None = None  # test-only: "flip" or "cut" the next frame sent
         self._inbox: list[protocol.Frame] = []
         # Raw input: no echo of the host's requests, no line-length limit, no CR mangling.
         # Not a tty (tests over pipes): nothing to set.
@@ -37,8 +38,22 @@ class Channel:
         self._sent[self._seq] = line
         while len(self._sent) > _RESEND_WINDOW:
             self._sent.popitem(last=False)
-        self._write(line)
+        if self.damage_next is not None:  # test-only (fault drills): the kept copy stays clean
+            self._write_damaged(line)
+        else:
+            self._write(line)
         return self._seq
+
+    def _write_damaged(self, line: str) -> None:
+        """Test-only: "flip" one payload character (the checksum no longer holds), or "cut" the frame
+        in the middle and exit, as an agent that dies mid-message."""
+        how, self.damage_next = self.damage_next, None
+        middle = len(line) // 2
+        if how == "cut":
+            os.write(self._out, ("\n" + line[:middle]).encode("ascii"))
+            os._exit(3)
+        at = line.index("{") + 2  # the payload's first key's first letter: the header (and seq) intact
+        self._write(line[:at] + ("X" if line[at] != "X" else "Y") + line[at + 1 :])
 
     def resend(self, seq: int) -> None:
         line = self._sent.get(seq)
