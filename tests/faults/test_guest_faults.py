@@ -159,11 +159,11 @@ def test_hung_request_ends_as_error_within_its_timeout(workspace: Workspace, tmp
 
 
 def test_test_only_ops_need_the_test_flag() -> None:
-    """The hang op exists only on a guest booted with the drills' flags, never on a run's guest."""
+    """The test-only ops exist only on a guest booted with the drills' flags, never on a run's guest."""
     from harness.guest.agent import test_handlers
 
     assert test_handlers("console=ttyS0 panic=-1 rdinit=/init kmatrix.mode=agent") == {}
-    assert set(test_handlers("kmatrix.mode=agent kmatrix.test=1")) == {"hang"}
+    assert set(test_handlers("kmatrix.mode=agent kmatrix.test=1")) == {"hang", "damage_next"}
     assert set(test_handlers("kmatrix.mode=agent kmatrix.test.hang=capture,ia32")) == {"capture", "ia32"}
 
 
