@@ -202,7 +202,8 @@ def bad_matrix_doc(draw: st.DrawFn) -> tuple[str, bytes, bool]:
         required = [*REQUIRED, *((*p, k) for p in ALL_PATHS for pattern, k in [
             (("architectures", "*", "kernels", "*"), "expect"), (("drivers", "*"), "kind"),
             (("drivers", "*"), "min_kernel"), (("drivers", "*"), "source"), (("drivers", "*"), "build"),
-            (("drivers", "*"), "module"), (("drivers", "*"), "consumer"), (("consumers", "*"), "kind"), (("suites", "*"), "description"), (("profiles", "*"), "kernels"),
+            (("drivers", "*"), "module"), (("drivers", "*"), "consumer"), (("consumers", "*"), "kind"),
+            (("suites", "*"), "description"), (("profiles", "*"), "kernels"),
         ] if _matches(p, pattern) and k in _get(BASE, p))]
         doc = _delete(BASE, draw(st.sampled_from(required)))
     if kind == "binary":
