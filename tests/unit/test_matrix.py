@@ -734,7 +734,8 @@ def test_third_party_driver_and_command_consumer(tmp_path: Path) -> None:
     falco = matrix.drivers["falco-kmod"]
     assert falco.source.kind == "debian" and falco.source.debian is not None
     assert (falco.source.debian.package, falco.source.debian.suite) == ("falcosecurity-scap-dkms", "sid")
-    assert (falco.build, falco.module, falco.module_name, falco.version_from) == ("dkms", "scap.ko", "scap", "dkms-conf")
+    assert (falco.build, falco.module, falco.module_name) == ("dkms", "scap.ko", "scap")
+    assert falco.version_from == "dkms-conf"
     sysdig = matrix.consumers[falco.consumer]
     assert sysdig.kind == "command" and sysdig.debian is not None and sysdig.debian.package == "sysdig"
     assert sysdig.capture == ["sysdig", "-w", "{file}"] and sysdig.read is not None and "{file}" in sysdig.read
@@ -791,8 +792,8 @@ DECLARATIONS = [
     _driver_case("{project: drivers/kmod}", "{project: ../kmod}",
                  ["drivers.kmod.source.project: '../kmod' is not a folder inside the project"], None,
                  "project-escapes"),
-    _driver_case("{project: drivers/kmod}", "{projet: drivers/kmod}", ["drivers.kmod.source.projet: unknown key 'projet'"],
-                 "did you mean 'project'?", "source-typo"),
+    _driver_case("{project: drivers/kmod}", "{projet: drivers/kmod}",
+                 ["drivers.kmod.source.projet: unknown key 'projet'"], "did you mean 'project'?", "source-typo"),
     _driver_case("{project: drivers/kmod}", "{debian: {package: Scap_DKMS, suite: sid}}",
                  ["drivers.kmod.source.debian.package: 'Scap_DKMS' is not a Debian package name"], None,
                  "bad-package"),
@@ -832,8 +833,9 @@ DECLARATIONS = [
     _driver_case("    consumer: agent\nconsumers:", "    consumer: agent\n    version_from: modinfo\nconsumers:",
                  ["drivers.modern_bpf.version_from: 'modinfo' needs a kind of kmod (this driver's is modern_bpf)"],
                  None, "modinfo-of-a-probe"),
-    _driver_case("  kmod:\n    kind: kmod\n", "  Kmod:\n    kind: kmod\n", ["drivers.Kmod: 'Kmod' is not a valid driver name"],
-                 "lower-case letters, digits, _ and -", "driver-name"),
+    _driver_case("  kmod:\n    kind: kmod\n", "  Kmod:\n    kind: kmod\n",
+                 ["drivers.Kmod: 'Kmod' is not a valid driver name"], "lower-case letters, digits, _ and -",
+                 "driver-name"),
     _driver_case("consumers:\n  agent:\n    kind: agent\n", "", ["missing required key 'consumers'"], None,
                  "no-consumers"),
     _driver_case("    kind: agent\n", "    kind: agnt\n", ["consumers.agent.kind: 'agnt' is not a consumer kind"],
