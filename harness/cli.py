@@ -361,7 +361,7 @@ def _print_results(records: list[Any], run_dir: Path) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench.report import render_table, write_report
-    from harness.bench.run import DRIVERS, PEERS, BenchOptions, bench
+    from harness.bench.run import PEERS, BenchOptions, bench, bench_drivers
     from harness.runner import new_run_dir
 
     ws = _workspace(args)
@@ -377,10 +377,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     subjects = None if args.driver in (None, "all") else [d.strip() for d in args.driver.split(",") if d.strip()]
     if subjects == []:  # "" or ",": nothing to measure is a typo, not a benchmark
         raise UsageError(f"--driver {args.driver!r} names no driver or peer")
+    known = (*ws.matrix.drivers, *PEERS)
     for name in subjects or []:
-        if name not in (*DRIVERS, *PEERS):
-            raise UsageError(f"--driver {name!r} is not one of {', '.join((*DRIVERS, *PEERS))}")
-    drivers = [d for d in DRIVERS if subjects is None or d in subjects]
+        if name not in known:
+            raise UsageError(f"--driver {name!r} is not one of {', '.join(known)}")
+    drivers = [d for d in ws.matrix.drivers if d in subjects] if subjects is not None else bench_drivers(ws.matrix)
     peers = [p for p in PEERS if subjects is None or p in subjects or args.peers]
     if args.repeats < 1 or args.duration_ms < 100:
         raise UsageError("--repeats must be >= 1 and --duration-ms >= 100")
@@ -498,7 +499,7 @@ def build_parser() -> Parser:
     p.add_argument("--arch", default=None, help="an architecture, a comma list, or all (default: all)")
     p.add_argument("--kernel", default=None, help="a kernel (suite name or label), or all (default: the newest)")
     p.add_argument("--driver", default=None,
-                   help="subjects: drivers and/or peers (kmod, bpf, modern_bpf, ftrace, auditd), a comma list, or all")
+                   help="subjects: drivers of matrix.yaml and/or peers (ftrace, auditd), a comma list, or all")
     p.add_argument("--peers", action="store_true", help="with --driver: measure both peers too")
     p.add_argument("--repeats", type=int, default=5, help="storms per measurement, with and without capture")
     p.add_argument("--duration-ms", type=int, default=1000, help="each storm's window")

@@ -287,3 +287,15 @@ def test_the_guest_unloads_a_module_by_its_own_name(artifact: str, name: str) ->
     from harness.guest.capture import module_name
 
     assert module_name(artifact) == name
+
+
+def test_the_bench_measures_the_declared_drivers_the_agent_reads(real: Matrix, tmp_path: Path) -> None:
+    from harness.bench.results import SubjectResult
+    from harness.bench.run import bench_drivers
+
+    assert bench_drivers(real) == ["kmod", "bpf", "modern_bpf"]  # falco-kmod is read by sysdig
+    matrix, _copy = copy_matrix(tmp_path)
+    assert bench_drivers(matrix) == ["kmod", "bpf", "modern_bpf", "kmx-copy"]
+    loaded = SubjectResult.model_validate({"subject": "kmx-copy", "status": "skip", "reason": "r"})
+    assert loaded.kind == "driver"
+    assert SubjectResult.model_validate({"subject": "auditd", "status": "skip"}).kind == "peer"
