@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import json
 import re
 import signal
@@ -139,7 +140,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from harness.cells import minimum_text, settle_kernel
+    from harness.cells import SUITE_RUNNERS, consumer_gap, minimum_text, settle_kernel
     from harness.matrix import applicability
 
     ws = _workspace(args)
@@ -156,6 +157,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 cell, kernel, verdict, notes = settle_kernel(ws, cell, args.profile)
                 release = kernel.release
             status = "pending" if verdict.pending else ("run" if verdict.runnable else "skip")
+            gap = consumer_gap(ws, cell) if status != "skip" and cell.suite in SUITE_RUNNERS else None
+            if gap is not None:  # what the run will say: no suite here reads that driver's consumer
+                status, verdict = "skip", dataclasses.replace(verdict, reason=gap)
             reason = "; ".join([*notes, *([verdict.reason] if verdict.reason else [])]) or None
         except KmatrixError as error:
             status, reason = "error", str(error).splitlines()[0]
