@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from harness.bench.results import BenchResults, BenchRun, new_results
-from harness.bench.run import DRIVERS, PEERS, BenchOptions, bench_cell, git_revision
+from harness.bench.run import PEERS, BenchOptions, bench_cell, bench_drivers, git_revision
 from harness.matrix import load_matrix
 from harness.paths import default_matrix_path, project_root
 from harness.runner import Workspace
@@ -39,7 +39,8 @@ def _archs(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bench_subject" in metafunc.fixturenames:
-        cases = [(arch, subject) for arch in _archs(metafunc.config) for subject in (*DRIVERS, *PEERS)]
+        drivers = bench_drivers(load_matrix(default_matrix_path()))
+        cases = [(arch, subject) for arch in _archs(metafunc.config) for subject in (*drivers, *PEERS)]
         metafunc.parametrize(
             "bench_subject",
             [pytest.param(case, id=f"{case[0]}-{case[1]}", marks=[getattr(pytest.mark, f"arch_{case[0]}")])

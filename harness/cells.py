@@ -17,51 +17,25 @@ from typing import Any
 
 from harness import cpio
 from harness.archs import ArchProfile, get_arch
-from harness.errors import BootError, BuildError, GuestError, KmatrixError
+from harness.drivers import GUEST_DRIVER_DIR as GUEST_DRIVER_DIR  # re-exported: callers import them from here
+from harness.drivers import DriverArtifact as DriverArtifact
+from harness.drivers import adapter_for
+from harness.errors import BootError, BuildError, GuestError, KmatrixError, UnsupportedTarget
 from harness.images import KernelImage
 from harness.matrix import Applicability, Cell, applicability
 from harness.runner import Workspace, prepare
 from harness.vm import BootSpec, Guest, GuestCrash
 
-GUEST_DRIVER_DIR = "opt/kmatrix/drivers"
-
-
-@dataclass(frozen=True)
-class DriverArtifact:
-    """A built driver and where it goes in the guest."""
-
-    path: Path
-    guest_path: str  # relative to the guest's root
-    cached: bool
-    compiler: str
-    details: dict[str, Any] = field(default_factory=dict)
-
 
 def build_driver(ws: Workspace, kind: str, cell: Cell, fault: str | None) -> DriverArtifact:
-    """Build the cell's driver for its kernel (kmod, legacy BPF) or its architecture (CO-RE BPF)."""
-    arch = get_arch(cell.arch)
-    suite = cell.kernel.suite
-    if suite is None and kind != "modern_bpf":
-        raise BuildError(f"{kind} builds need Debian kernel headers; a user kernel ({cell.kernel.source}) "
-                         "has none here")
-    if kind == "kmod":
-        from harness.build.kmod import build_kmod
+    """Build the cell's driver through the adapter its matrix.yaml declaration names (`build`).
 
-        kmod = build_kmod(ws.repo, arch, str(suite), ws.cache, fault=fault, log=ws.say)
-        return DriverArtifact(kmod.ko, f"{GUEST_DRIVER_DIR}/kmx.ko", kmod.cached, kmod.compiler)
-    if kind == "modern_bpf":
-        from harness.build.bpf_modern import build_modern_bpf
-
-        modern = build_modern_bpf(ws.repo, arch, ws.cache, fault=fault, log=ws.say)
-        return DriverArtifact(modern.obj, f"{GUEST_DRIVER_DIR}/kmx_modern.bpf.o", modern.cached, modern.compiler,
-                              {"vmlinux_source": modern.vmlinux_source})
-    if kind == "bpf":
-        from harness.build.bpf_legacy import build_legacy_bpf
-
-        legacy = build_legacy_bpf(ws.repo, arch, str(suite), ws.cache, fault=fault, log=ws.say)
-        return DriverArtifact(legacy.obj, f"{GUEST_DRIVER_DIR}/kmx_legacy.bpf.o", legacy.cached, legacy.compiler,
-                              {"attach": legacy.attach, "programs": legacy.programs})
-    raise BuildError(f"unknown driver kind {kind!r}")
+    `kind` is the declared kind (callers read it from the matrix); a mismatch is a caller's bug.
+    """
+    adapter = adapter_for(ws.matrix, cell.driver)
+    if adapter.spec.kind != kind:
+        raise BuildError(f"driver {cell.driver} is declared kind {adapter.spec.kind}, not {kind}")
+    return adapter.build(ws, cell, fault)
 
 
 @dataclass
@@ -188,6 +162,10 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         if not verdict.runnable:
             result.status, result.reason = "skip", verdict.reason
             return result
+        unread = consumer_gap(ws, cell)
+        if unread is not None:
+            result.status, result.reason = "skip", unread
+            return result
         kind = ws.matrix.drivers[cell.driver].kind
         started = time.monotonic()
         build = build_driver(ws, kind, cell, fault)
@@ -225,10 +203,27 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
     return result
 
 
+# Consumer kinds the guest suites here can read a driver through.
+SUITE_CONSUMERS = ("agent",)
+
+
+def consumer_gap(ws: Workspace, cell: Cell) -> str | None:
+    """Why the cell's suite cannot read its driver's declared consumer here (None: it can)."""
+    name = ws.matrix.drivers[cell.driver].consumer
+    consumer = ws.matrix.consumers[name]
+    if consumer.kind in SUITE_CONSUMERS:
+        return None
+    return (f"suite {cell.suite} cannot read driver {cell.driver} through consumer {name} ({consumer.kind} "
+            "consumers are declared, but this kmatrix runs suites through the agent only)")
+
+
 def record_error(result: CellResult, error: KmatrixError, *, target: str | None = None) -> None:
     """Judge what a cell raised: a crashed guest kernel is the driver's or suite's `fail` (with the
-    crash's headline and call trace in metrics); anything else raised is infrastructure, `error`."""
-    if isinstance(error, GuestCrash):
+    crash's headline and call trace in metrics); a driver whose own source rules the (arch, kernel)
+    out is a `skip` with that reason; anything else raised is infrastructure, `error`."""
+    if isinstance(error, UnsupportedTarget):
+        result.status, result.reason = "skip", str(error)
+    elif isinstance(error, GuestCrash):
         result.status, result.reason = "fail", str(error)
         result.metrics["crash"] = {"headline": error.headline, "call_trace": list(error.call_trace),
                                    "excerpt": error.excerpt, "log": error.hint}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import json
 import re
 import signal
@@ -139,7 +140,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from harness.cells import minimum_text, settle_kernel
+    from harness.cells import SUITE_RUNNERS, consumer_gap, minimum_text, settle_kernel
     from harness.matrix import applicability
 
     ws = _workspace(args)
@@ -156,6 +157,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 cell, kernel, verdict, notes = settle_kernel(ws, cell, args.profile)
                 release = kernel.release
             status = "pending" if verdict.pending else ("run" if verdict.runnable else "skip")
+            gap = consumer_gap(ws, cell) if status != "skip" and cell.suite in SUITE_RUNNERS else None
+            if gap is not None:  # what the run will say: no suite here reads that driver's consumer
+                status, verdict = "skip", dataclasses.replace(verdict, reason=gap)
             reason = "; ".join([*notes, *([verdict.reason] if verdict.reason else [])]) or None
         except KmatrixError as error:
             status, reason = "error", str(error).splitlines()[0]
@@ -361,7 +365,7 @@ def _print_results(records: list[Any], run_dir: Path) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench.report import render_table, write_report
-    from harness.bench.run import DRIVERS, PEERS, BenchOptions, bench
+    from harness.bench.run import PEERS, BenchOptions, bench, bench_drivers
     from harness.runner import new_run_dir
 
     ws = _workspace(args)
@@ -377,10 +381,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     subjects = None if args.driver in (None, "all") else [d.strip() for d in args.driver.split(",") if d.strip()]
     if subjects == []:  # "" or ",": nothing to measure is a typo, not a benchmark
         raise UsageError(f"--driver {args.driver!r} names no driver or peer")
+    known = (*ws.matrix.drivers, *PEERS)
     for name in subjects or []:
-        if name not in (*DRIVERS, *PEERS):
-            raise UsageError(f"--driver {name!r} is not one of {', '.join((*DRIVERS, *PEERS))}")
-    drivers = [d for d in DRIVERS if subjects is None or d in subjects]
+        if name not in known:
+            raise UsageError(f"--driver {name!r} is not one of {', '.join(known)}")
+    drivers = [d for d in ws.matrix.drivers if d in subjects] if subjects is not None else bench_drivers(ws.matrix)
     peers = [p for p in PEERS if subjects is None or p in subjects or args.peers]
     if args.repeats < 1 or args.duration_ms < 100:
         raise UsageError("--repeats must be >= 1 and --duration-ms >= 100")
@@ -498,7 +503,7 @@ def build_parser() -> Parser:
     p.add_argument("--arch", default=None, help="an architecture, a comma list, or all (default: all)")
     p.add_argument("--kernel", default=None, help="a kernel (suite name or label), or all (default: the newest)")
     p.add_argument("--driver", default=None,
-                   help="subjects: drivers and/or peers (kmod, bpf, modern_bpf, ftrace, auditd), a comma list, or all")
+                   help="subjects: drivers of matrix.yaml and/or peers (ftrace, auditd), a comma list, or all")
     p.add_argument("--peers", action="store_true", help="with --driver: measure both peers too")
     p.add_argument("--repeats", type=int, default=5, help="storms per measurement, with and without capture")
     p.add_argument("--duration-ms", type=int, default=1000, help="each storm's window")

@@ -27,6 +27,10 @@ class BuildError(KmatrixError):
     """A toolchain step (initramfs, module, BPF object, helper) failed."""
 
 
+class UnsupportedTarget(BuildError):
+    """The driver's source itself rules this (arch, kernel) out: a cell to skip with this reason, not an error."""
+
+
 class BootError(KmatrixError):
     """QEMU did not start, or the guest did not reach the agent's ready message."""
 

@@ -39,12 +39,20 @@ from harness.errors import ConfigError
 from harness.kernel import KernelFacts, format_version
 
 __all__ = [
+    "BUILDS_BY_KIND",
+    "BUILD_KINDS",
+    "CONSUMER_KINDS",
     "DEBIAN_SUITES",
     "DRIVER_KINDS",
     "KERNEL_SELECTIONS",
     "SCHEMA_VERSION",
+    "VERSION_SOURCES",
     "Applicability",
     "Cell",
+    "ConsumerSpec",
+    "DebianPackageRef",
+    "DriverSource",
+    "DriverSpec",
     "KernelRef",
     "Matrix",
     "MatrixProblem",
@@ -68,6 +76,41 @@ DEBIAN_SUITES: tuple[str, ...] = (
     "sid",
 )
 DRIVER_KINDS: tuple[str, ...] = ("kmod", "bpf", "modern_bpf")
+# How a driver is built (harness/drivers has one adapter per entry):
+#   kbuild      `make -C <headers> M=<dir>` on a folder of kbuild sources (per kernel)
+#   dkms        a Debian dkms package's Makefile, configure probes included (per kernel)
+#   bpf-legacy  the legacy eBPF probe's clang pipeline against the kernel's headers (per kernel)
+#   bpf-core    a CO-RE object against the architecture's BTF (per architecture)
+#   prebuilt    objects given: nothing is built
+BUILD_KINDS: tuple[str, ...] = ("kbuild", "dkms", "bpf-legacy", "bpf-core", "prebuilt")
+# Which builds can produce each kind of driver.
+BUILDS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "kmod": ("kbuild", "dkms", "prebuilt"),
+    "bpf": ("bpf-legacy", "prebuilt"),
+    "modern_bpf": ("bpf-core", "prebuilt"),
+}
+# Which sources each build reads (project: a folder of this project; debian: a Debian package;
+# path: a folder of the user's).
+_SOURCES_BY_BUILD: dict[str, tuple[str, ...]] = {
+    "kbuild": ("project", "path"),
+    "dkms": ("debian",),
+    "bpf-legacy": ("project", "path"),
+    "bpf-core": ("project", "path"),
+    "prebuilt": ("project", "path"),
+}
+# What a driver's produced object is called, by kind.
+_MODULE_SUFFIX = {"kmod": ".ko", "bpf": ".o", "modern_bpf": ".o"}
+# How a driver's version is recorded with its results:
+#   git        the source folder's git revision (project or path sources)
+#   package    the Debian package's version (debian sources)
+#   dkms-conf  dkms.conf's PACKAGE_VERSION (dkms builds)
+#   modinfo    the built module's `version=` modinfo field (kmod drivers)
+VERSION_SOURCES: tuple[str, ...] = ("git", "package", "dkms-conf", "modinfo")
+# agent: the project's guest agent reads the driver through the kmx protocol;
+# command: a third-party program in the guest captures, the harness parses what it reads back.
+CONSUMER_KINDS: tuple[str, ...] = ("agent", "command")
+# Placeholders a command consumer's argument lists may use.
+CONSUMER_PLACEHOLDERS: tuple[str, ...] = ("file",)
 KERNEL_SELECTIONS: tuple[str, ...] = ("newest", "all", "minimum")
 
 Version = tuple[int, int, int]
@@ -87,7 +130,11 @@ _ARCH_ALIASES = {
 }
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
 _CONFIG_RE = re.compile(r"^CONFIG_[A-Z0-9_]+$")
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # drivers and suites: they go into cell ids
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # suites and consumers: they go into cell ids
+_DRIVER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")  # drivers: also into cell ids; falco-kmod reads well
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")  # a Debian package name (Policy 5.6.1)
+_MODULE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")  # a file name, no directories
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _PROFILE_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # a user kernel's name
 
@@ -165,6 +212,76 @@ def _driver_kind(value: str) -> str:
     if value not in DRIVER_KINDS:
         raise _fail(f"{value!r} is not a driver kind", _choices(value, DRIVER_KINDS))
     return value
+
+
+def _build_kind(value: str) -> str:
+    if value not in BUILD_KINDS:
+        raise _fail(f"{value!r} is not a build", _choices(value, BUILD_KINDS))
+    return value
+
+
+def _version_source(value: str) -> str:
+    if value not in VERSION_SOURCES:
+        raise _fail(f"{value!r} is not a version source", _choices(value, VERSION_SOURCES))
+    return value
+
+
+def _consumer_kind(value: str) -> str:
+    if value not in CONSUMER_KINDS:
+        raise _fail(f"{value!r} is not a consumer kind", _choices(value, CONSUMER_KINDS))
+    return value
+
+
+def _driver_name(value: str) -> str:
+    if not _DRIVER_NAME_RE.match(value):
+        raise _fail(
+            f"{value!r} is not a valid driver name",
+            "use lower-case letters, digits, _ and - (names become part of cell ids)",
+        )
+    return value
+
+
+def _package_name(value: str) -> str:
+    if not _PACKAGE_RE.match(value):
+        raise _fail(
+            f"{value!r} is not a Debian package name",
+            "lower-case letters, digits, +, - and ., at least two characters, e.g. falcosecurity-scap-dkms",
+        )
+    return value
+
+
+def _module_file(value: str) -> str:
+    if not _MODULE_RE.match(value) or value in (".", ".."):
+        raise _fail(
+            f"{value!r} is not a file name",
+            "the object the build produces, without directories: e.g. kmx.ko or probe.bpf.o",
+        )
+    return value
+
+
+def _project_folder(value: str) -> str:
+    path = PurePosixPath(value)
+    if not value.strip() or path.is_absolute() or ".." in path.parts:
+        raise _fail(
+            f"{value!r} is not a folder inside the project",
+            "a relative path from the repository root, e.g. drivers/kmod (use `path:` for folders elsewhere)",
+        )
+    return value
+
+
+def _argv(values: list[str]) -> list[str]:
+    if not values:
+        raise _fail("[] is empty: give the command and its arguments")
+    for value in values:
+        for placeholder in _PLACEHOLDER_RE.findall(value):
+            if placeholder not in CONSUMER_PLACEHOLDERS:
+                raise _fail(
+                    f"{{{placeholder}}} in {value!r} is not a placeholder",
+                    "known placeholders: " + ", ".join(f"{{{name}}}" for name in CONSUMER_PLACEHOLDERS),
+                )
+    if not values[0].strip():
+        raise _fail(f"{values[0]!r} is not a program name")
+    return values
 
 
 def _kernel_selection(value: str) -> str:
@@ -284,6 +401,14 @@ def _userland(values: dict[str, str]) -> dict[str, str]:
 DebianSuite = Annotated[str, AfterValidator(_debian_suite)]
 ArchName = Annotated[str, AfterValidator(_arch_name)]
 DriverKind = Annotated[str, AfterValidator(_driver_kind)]
+BuildKind = Annotated[str, AfterValidator(_build_kind)]
+VersionSource = Annotated[str, AfterValidator(_version_source)]
+ConsumerKind = Annotated[str, AfterValidator(_consumer_kind)]
+DriverName = Annotated[str, AfterValidator(_driver_name)]
+PackageName = Annotated[str, AfterValidator(_package_name)]
+ModuleFile = Annotated[str, AfterValidator(_module_file)]
+ProjectFolder = Annotated[str, AfterValidator(_project_folder)]
+Argv = Annotated[list[str], AfterValidator(_argv)]
 KernelSelection = Annotated[str, AfterValidator(_kernel_selection)]
 ConfigOption = Annotated[str, AfterValidator(_config_option)]
 Name = Annotated[str, AfterValidator(_name)]
@@ -359,11 +484,84 @@ class ArchSpec(_Model):
     kernels: Annotated[list[KernelSpec], AfterValidator(_nonempty("kernel"))]
 
 
+class DebianPackageRef(_Model):
+    """A package of Debian's archive: `{package: falcosecurity-scap-dkms, suite: sid}`."""
+
+    package: PackageName
+    suite: DebianSuite
+
+
+class DriverSource(_Model):
+    """Where a driver's sources (or objects) come from: exactly one of the three."""
+
+    project: ProjectFolder | None = None  # a folder of this project, relative to its root
+    debian: DebianPackageRef | None = None  # a Debian source/dkms package
+    path: str | None = None  # a folder of the user's (relative: to the matrix file's directory)
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise _fail(f"{value!r} is not a path", "path: /dir/with/the/driver")
+        base = info.context.get("base_dir") if isinstance(info.context, Mapping) else None
+        if base is not None and not PurePosixPath(value).is_absolute():
+            return str(Path(base) / value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [key for key in ("project", "debian", "path") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise _fail(
+                f"a driver source needs exactly one of 'project', 'debian' or 'path' (got "
+                f"{' and '.join(given) if given else 'none'})",
+                "{project: drivers/kmod}, {debian: {package: falcosecurity-scap-dkms, suite: sid}} "
+                "or {path: /my/driver}",
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """project, debian or path."""
+        return "project" if self.project is not None else ("debian" if self.debian is not None else "path")
+
+
 class DriverSpec(_Model):
+    """A driver under test: what it is, where it comes from, how it is built and who reads it."""
+
     kind: DriverKind
     # An architecture left out is not supported by the driver.
     min_kernel: dict[ArchName, MajorMinor]
     requires_config: Annotated[list[ConfigOption], AfterValidator(_unique)] = []
+    source: DriverSource
+    build: BuildKind
+    module: ModuleFile  # the object the build produces (kmx.ko, scap.ko, kmx_modern.bpf.o)
+    consumer: Name  # a key of `consumers`
+    version_from: VersionSource | None = None  # how its version is recorded (None: not separately)
+
+    @property
+    def module_name(self) -> str:
+        """The kernel's name for a module (scap for scap.ko; '-' reads as '_'); the file's stem otherwise."""
+        if self.module.endswith(".ko"):
+            return self.module.removesuffix(".ko").replace("-", "_")
+        return self.module
+
+
+class ConsumerSpec(_Model):
+    """Who reads a driver's events in the guest: the project's agent, or a third-party command.
+
+    A command captures with `capture` (an argument list; `{file}` is the capture file), is read back
+    with `read`, and `version` prints its version; `debian` names the package that puts it (and its
+    libraries) into the guest image.
+    """
+
+    kind: ConsumerKind
+    debian: DebianPackageRef | None = None
+    capture: Argv | None = None
+    read: Argv | None = None
+    version: Argv | None = None
 
 
 class SuiteSpec(_Model):
@@ -377,6 +575,87 @@ class ProfileSpec(_Model):
     archs: Annotated[list[ArchName], AfterValidator(_nonempty_unique("architecture"))] | None = None
     drivers: Annotated[list[str], AfterValidator(_nonempty_unique("driver"))] | None = None
     suites: Annotated[list[str], AfterValidator(_nonempty_unique("suite"))] | None = None
+
+
+def _check_consumer(name: str, consumer: ConsumerSpec) -> None:
+    at = f"consumers.{name}"
+    extras = [key for key in ("debian", "capture", "read", "version") if getattr(consumer, key) is not None]
+    if consumer.kind == "agent":
+        if extras:
+            raise MatrixProblem(
+                f"{at}.{extras[0]}",
+                f"an agent consumer takes no {extras[0]!r}",
+                hint="the project's agent is in every guest image and reads the kmx protocol: {kind: agent}",
+            )
+        return
+    for key in ("debian", "capture", "read"):
+        if getattr(consumer, key) is None:
+            raise MatrixProblem(
+                at,
+                f"missing required key {key!r} (a command consumer needs debian, capture and read)",
+                hint="e.g. {kind: command, debian: {package: sysdig, suite: sid}, "
+                "capture: [sysdig, -w, '{file}'], read: [sysdig, -r, '{file}']}",
+            )
+    for key in ("capture", "read"):
+        argv: list[str] = getattr(consumer, key)
+        if not any("{file}" in word for word in argv):
+            raise MatrixProblem(
+                f"{at}.{key}",
+                f"{_show(argv)} never names the capture file",
+                hint="put {file} where the command takes the capture file, e.g. [sysdig, -w, '{file}']",
+            )
+
+
+def _check_driver(name: str, driver: DriverSpec, consumers: Mapping[str, ConsumerSpec]) -> None:
+    """What no single field can say: build vs kind, source vs build, module vs kind, the consumer."""
+    at = f"drivers.{name}"
+    builds = BUILDS_BY_KIND[driver.kind]
+    if driver.build not in builds:
+        raise MatrixProblem(
+            f"{at}.build",
+            f"{driver.build!r} cannot build a {driver.kind} driver",
+            hint=f"a {driver.kind} driver is built by: {', '.join(builds)}",
+        )
+    sources = _SOURCES_BY_BUILD[driver.build]
+    if driver.source.kind not in sources:
+        raise MatrixProblem(
+            f"{at}.source.{driver.source.kind}",
+            f"a {driver.build} build does not read a {driver.source.kind} source",
+            hint=f"a {driver.build} build reads: {', '.join(sources)}",
+        )
+    suffix = _MODULE_SUFFIX[driver.kind]
+    if not driver.module.endswith(suffix) or driver.module == suffix:
+        raise MatrixProblem(
+            f"{at}.module",
+            f"{driver.module!r} is not a {driver.kind} object (its name must end in {suffix})",
+            hint="the file the build produces, e.g. kmx.ko for a kmod, probe.bpf.o for a BPF probe",
+        )
+    if driver.consumer not in consumers:
+        raise MatrixProblem(
+            f"{at}.consumer",
+            f"{driver.consumer!r} is not a consumer in `consumers`",
+            hint=_choices(driver.consumer, consumers, "defined"),
+        )
+    needs = {"git": ("source", ("project", "path")), "package": ("source", ("debian",)),
+             "dkms-conf": ("build", ("dkms",)), "modinfo": ("kind", ("kmod",))}
+    if driver.version_from is not None:
+        key, allowed = needs[driver.version_from]
+        have = driver.source.kind if key == "source" else getattr(driver, key)
+        if have not in allowed:
+            raise MatrixProblem(
+                f"{at}.version_from",
+                f"{driver.version_from!r} needs a {key} of {' or '.join(allowed)} (this driver's is {have})",
+                hint=_version_hint(driver),
+            )
+
+
+def _version_hint(driver: DriverSpec) -> str:
+    fits = ["git"] if driver.source.kind in ("project", "path") else ["package"]
+    if driver.build == "dkms":
+        fits.append("dkms-conf")
+    if driver.kind == "kmod":
+        fits.append("modinfo")
+    return f"for this driver: {', '.join(fits)} (or leave version_from out)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +726,8 @@ class Matrix(_Model):
     mirror: Annotated[str, AfterValidator(_mirror)] | None = None
     userland: Annotated[dict[UserlandKey, DebianSuite], AfterValidator(_userland)]
     architectures: Annotated[dict[ArchName, ArchSpec], AfterValidator(_nonempty_mapping("architecture"))]
-    drivers: Annotated[dict[Name, DriverSpec], AfterValidator(_nonempty_mapping("driver"))]
+    consumers: Annotated[dict[Name, ConsumerSpec], AfterValidator(_nonempty_mapping("consumer"))]
+    drivers: Annotated[dict[DriverName, DriverSpec], AfterValidator(_nonempty_mapping("driver"))]
     suites: Annotated[dict[Name, SuiteSpec], AfterValidator(_nonempty_mapping("suite"))]
     profiles: Annotated[dict[ProfileName, ProfileSpec], AfterValidator(_nonempty_mapping("profile"))]
 
@@ -464,6 +744,19 @@ class Matrix(_Model):
                         hint="each kernel of an architecture needs its own suite or name",
                     )
                 first[kernel.label] = index
+        for name, consumer in self.consumers.items():
+            _check_consumer(name, consumer)
+        modules: dict[str, str] = {}
+        for name, driver in self.drivers.items():
+            _check_driver(name, driver, self.consumers)
+            if driver.module in modules:
+                raise MatrixProblem(
+                    f"drivers.{name}.module",
+                    f"{driver.module!r} is also drivers.{modules[driver.module]}.module",
+                    hint="every driver's object needs its own file name (they share the guest's driver folder, "
+                    "and the kernel loads one module of a name)",
+                )
+            modules[driver.module] = name
         for name, profile in self.profiles.items():
             refs: tuple[tuple[str, list[str] | None, Mapping[str, object], str], ...] = (
                 ("archs", profile.archs, self.architectures, "an architecture in `architectures`"),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from harness.archs import ARCH_NAMES
 from harness.bench.results import (
     MIXES,
+    PEERS,
     SUBJECTS,
     BenchResults,
     BenchRun,
@@ -68,8 +69,10 @@ def _arch_key(arch: str) -> tuple[int, str]:
 
 
 def _subject_key(name: str) -> tuple[int, str]:
-    names: tuple[str, ...] = SUBJECTS
-    return (names.index(name), "") if name in names else (len(names), name)
+    """The listed drivers in their order, other drivers by name, then the peers."""
+    if name in PEERS:
+        return (len(SUBJECTS) + 1 + PEERS.index(name), "")
+    return (SUBJECTS.index(name), "") if name in SUBJECTS else (len(SUBJECTS), name)
 
 
 def _cells(results: BenchResults) -> dict[tuple[str, str], list[BenchRun]]:

@@ -57,15 +57,17 @@ __all__ = [
 FORMAT: Literal[1] = 1
 
 Mix = Literal["getppid", "rw"]
-Subject = Literal["kmod", "bpf", "modern_bpf", "ftrace", "auditd"]
+# A declared driver's name (matrix.yaml `drivers`) or a peer's.
+Subject = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
 SubjectKind = Literal["driver", "peer"]
 RunStatus = Literal["pass", "fail", "error", "skip"]
 SubjectStatus = Literal["pass", "fail", "skip", "error"]
 
 MIXES: tuple[Mix, ...] = ("getppid", "rw")
-DRIVERS: tuple[Subject, ...] = ("kmod", "bpf", "modern_bpf")
-PEERS: tuple[Subject, ...] = ("ftrace", "auditd")
-SUBJECTS: tuple[Subject, ...] = DRIVERS + PEERS
+# Tables list these first, in this order; other declared drivers follow by name, then the peers.
+DRIVERS: tuple[str, ...] = ("kmod", "bpf", "modern_bpf")
+PEERS: tuple[str, ...] = ("ftrace", "auditd")
+SUBJECTS: tuple[str, ...] = DRIVERS + PEERS
 DEFAULT_BUFFER_MIB = 8
 # The buffer sizes the buffer sweep measures (drivers only); the report plots whatever is present.
 BUFFER_SIZES_MIB: tuple[int, ...] = (4, 8, 32)
@@ -75,8 +77,8 @@ _Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 def kind_of(subject: str) -> SubjectKind:
-    """'driver' for the reference drivers, 'peer' for everything else (ftrace, auditd)."""
-    return "driver" if subject in DRIVERS else "peer"
+    """'peer' for ftrace and auditd, 'driver' for every driver declared in matrix.yaml."""
+    return "peer" if subject in PEERS else "driver"
 
 
 def now_iso() -> str:

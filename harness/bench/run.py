@@ -21,12 +21,11 @@ from harness.bench.results import BenchResults, BenchRun, SubjectResult, now_iso
 from harness.cells import CellResult, boot_with_retry, build_driver, files_overlay
 from harness.errors import BuildError, GuestError, KmatrixError
 from harness.guest.bench import ADAPTIVE_MAX, SETTLE_TRIES
-from harness.matrix import Cell, KernelRef, applicability
+from harness.matrix import Cell, KernelRef, Matrix, applicability
 from harness.paths import project_root
 from harness.runner import Workspace, prepare
 from harness.vm import GuestCrash
 
-DRIVERS = ("kmod", "bpf", "modern_bpf")
 PEERS = ("ftrace", "auditd")
 GUEST_STORM = "opt/kmatrix/tools/storm"
 # How much slower than x86_64 an architecture's emulation runs the bench (measured here: loongarch64
@@ -91,6 +90,12 @@ def _guest_timeout(options: BenchOptions, peer: bool, arch_name: str) -> float:
     return (120 + (configs * storms + headline) * per_storm) * EMULATION_SLOWNESS.get(arch_name, 1.0) * 2
 
 
+def bench_drivers(matrix: Matrix) -> list[str]:
+    """The drivers the bench measures by default: every declared driver its guest side can read
+    (those the agent consumes), in matrix.yaml's order."""
+    return [name for name, spec in matrix.drivers.items() if matrix.consumers[spec.consumer].kind == "agent"]
+
+
 def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, drivers: list[str] | None = None,
                peers: list[str] | None = None, options: BenchOptions = BenchOptions()) -> BenchRun:
     """Build, boot and measure one (arch, kernel); never raises KmatrixError (it becomes the run's status)."""
@@ -105,11 +110,16 @@ def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, 
         run.kernel_release = kernel.release
         files: list[tuple[Path, str, int]] = []
         wanted: list[dict[str, str]] = []
-        for name in drivers if drivers is not None else list(DRIVERS):
+        for name in drivers if drivers is not None else bench_drivers(ws.matrix):
             cell = Cell(arch_name, ref, name, SUITE)
             verdict = applicability(ws.matrix, cell, kernel.facts)
             if not verdict.runnable:
                 subjects.append(_subject(name, "skip", verdict.reason))
+                continue
+            if name not in bench_drivers(ws.matrix):
+                consumer = ws.matrix.drivers[name].consumer
+                subjects.append(_subject(name, "skip", f"consumer {consumer} is a command: the bench measures "
+                                                       "drivers the agent reads (a command peer is not here yet)"))
                 continue
             kind = ws.matrix.drivers[name].kind
             try:
@@ -143,7 +153,7 @@ def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, 
         run.status, run.reason = "fail", str(error)
     except (KmatrixError, GuestError) as error:
         run.status, run.reason = "error", str(error)
-    order = {name: i for i, name in enumerate((*DRIVERS, *PEERS))}
+    order = {name: i for i, name in enumerate((*ws.matrix.drivers, *PEERS))}
     run.subjects = sorted(subjects, key=lambda s: order.get(s.subject, 99))
     return run
 

@@ -273,19 +273,28 @@ def _populate_root(repo: DebianRepo, kh: KernelHeaders, trees: dict[str, Path], 
 # -- sources, cache key, make ----------------------------------------------------------------------
 
 
-def driver_sources(root: Path | None = None) -> dict[str, Path]:
-    """Files that make up the module, by their path in the build directory."""
+def driver_sources(root: Path | None = None, source: Path | None = None) -> dict[str, Path]:
+    """Files that make up the module, by their path in the build directory.
+
+    `source` is the module's folder (default: the project's drivers/kmod): its C sources and
+    headers, Kbuild (or, without one, its Makefile) and gen_decode.py, staged as `kmod/`; beside it
+    `common/` holds the project's event schema and IA32 translation headers, which a module
+    speaking the kmx protocol includes as ../common/.
+    """
     base = root or project_root()
-    kmod = base / "drivers" / "kmod"
-    files = {f"kmod/{p.name}": p for p in sorted(kmod.iterdir())
-             if p.is_file() and (p.suffix in (".c", ".h") or p.name in ("Kbuild", "gen_decode.py"))
+    kmod = source if source is not None else base / "drivers" / "kmod"
+    if not kmod.is_dir():
+        raise BuildError(f"{kmod} is not a folder", hint="check the driver's `source` in matrix.yaml")
+    listed = sorted(p for p in kmod.iterdir() if p.is_file())
+    has_kbuild = any(p.name == "Kbuild" for p in listed)
+    files = {f"kmod/{p.name}": p for p in listed
+             if (p.suffix in (".c", ".h") or p.name in ("Kbuild", "gen_decode.py")
+                 or (p.name == "Makefile" and not has_kbuild))
              and p.name != "kmx_decode.h"}
     files["common/kmx_events.h"] = base / "drivers" / "common" / "kmx_events.h"
     for name in ("kmx_ia32.h", "kmx_ia32_map.h"):  # the IA32 translation (x86_64 compat tasks)
         files[f"common/{name}"] = base / "drivers" / "common" / name
     return files
-
-
 
 
 def cache_key(sources: str, kh_sha256s: Sequence[str], compiler_version: str, fault: str | None,
@@ -340,6 +349,8 @@ def build_failure(what: str, output: str, command: Sequence[str], build_dir: Pat
 
 
 def _generate_decode(build_dir: Path) -> None:
+    if not (build_dir / "gen_decode.py").is_file():  # a module without the kmx decode table
+        return
     done = subprocess.run([sys.executable, str(build_dir / "gen_decode.py"),
                            str(build_dir.parent / "common" / "kmx_events.h")],
                           capture_output=True, text=True, check=False)
@@ -358,18 +369,21 @@ def build_kmod(
     *,
     fault: str | None = None,
     log: Log = quiet,
+    source: Path | None = None,
+    module: str = "kmx",
 ) -> KmodBuild:
-    """kmx.ko for the kernel (arch, suite) boots: cached, or built now."""
+    """`module`.ko from the kbuild folder `source` (default: drivers/kmod, kmx.ko) for the kernel
+    (arch, suite) boots: cached, or built now."""
     if fault is not None and fault not in FAULTS:
         raise BuildError(f"unknown fault {fault!r}", hint=f"choose one of: {', '.join(FAULTS)}")
     started = time.monotonic()
     kh = resolve_headers(repo, arch, suite, log)
     compiler = require_compiler(arch, cache / "build" / "toolchains")
-    files = driver_sources()
+    files = driver_sources(source=source)
     key = cache_key(sources_digest(files), [kh.headers.sha256, kh.common.sha256, kh.kbuild.sha256],
                     compiler.version, fault, compiler.make_vars)
     out = cache / "build" / "kmod" / f"{arch.name}-{kh.release}-{key}"
-    ko, meta = out / "kmx.ko", out / "build.json"
+    ko, meta = out / f"{module}.ko", out / "build.json"
     if ko.is_file() and meta.is_file():
         recorded = json.loads(meta.read_text())
         return KmodBuild(ko, arch.name, kh.release, round(time.monotonic() - started, 3), True,
@@ -381,25 +395,25 @@ def build_kmod(
             recorded = json.loads(meta.read_text())
             return KmodBuild(ko, arch.name, kh.release, round(time.monotonic() - started, 3), True,
                              compiler.description, list(recorded.get("command", [])))
-        return _build(kh, arch, compiler, headers_dir, files, out, fault, started, log)
+        return _build(kh, arch, compiler, headers_dir, files, out, fault, started, log, module)
 
 
 def _build(kh: KernelHeaders, arch: ArchProfile, compiler: Compiler, headers_dir: Path, files: dict[str, Path],
-           out: Path, fault: str | None, started: float, log: Log) -> KmodBuild:
+           out: Path, fault: str | None, started: float, log: Log, module: str = "kmx") -> KmodBuild:
     build_root = stage_sources(files, out)
     build_dir = build_root / "kmod"
     _generate_decode(build_dir)
     command = make_command(headers_dir, build_dir, arch, compiler, fault)
-    log(f"{arch.name}: building kmx.ko for {kh.release} with {compiler.description}")
+    log(f"{arch.name}: building {module}.ko for {kh.release} with {compiler.description}")
     env = dict(os.environ, LC_ALL="C", KBUILD_VERBOSE="0")
     done = subprocess.run(command, cwd=build_dir, env=env, capture_output=True, text=True, check=False)
     output = done.stdout + done.stderr
     (out / "build.log").write_text(f"$ {shlex.join(command)}\n{output}")
-    built = build_dir / "kmx.ko"
+    built = build_dir / f"{module}.ko"
     if done.returncode != 0 or not built.is_file():
-        raise build_failure(f"kmx.ko for {arch.name} {kh.release} ({compiler.description})", output, command,
+        raise build_failure(f"{module}.ko for {arch.name} {kh.release} ({compiler.description})", output, command,
                             build_dir, out / "build.log")
-    shutil.copy2(built, out / "kmx.ko")
+    shutil.copy2(built, out / built.name)
     shutil.rmtree(build_root, ignore_errors=True)  # objects with debug info; kept only when a build fails
     seconds = round(time.monotonic() - started, 3)
     (out / "build.json").write_text(json.dumps({
@@ -407,4 +421,4 @@ def _build(kh: KernelHeaders, arch: ArchProfile, compiler: Compiler, headers_dir
         "packages": {p.name: p.version for p in (kh.headers, kh.common, kh.kbuild)}, "fault": fault,
         "seconds": seconds, "command": command,
     }, indent=2))
-    return KmodBuild(out / "kmx.ko", arch.name, kh.release, seconds, False, compiler.description, command)
+    return KmodBuild(out / built.name, arch.name, kh.release, seconds, False, compiler.description, command)

@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import time
 
-from harness.guest.capture import load_module, refuse_outside_guest, unload_module
+from harness.guest.capture import load_module, module_name, refuse_outside_guest, unload_module
 from harness.guest.schema import load_schema
 
 TYPE_CHECKING = False
@@ -107,6 +107,7 @@ class DriverSubject:
         from harness.guest.capture import open_consumer
 
         self.kind = kind
+        self.module = module_name(artifact)
         self.events_per_syscall = 2
         if kind == "kmod":
             load_module(artifact, {"buffer_bytes": buffer_bytes})
@@ -158,7 +159,7 @@ class DriverSubject:
         if device is not None:
             device.close()
         if self.kind == "kmod":
-            unload_module()
+            unload_module(self.module)
 
 
 class PeerSubject:

@@ -80,6 +80,13 @@ def load_module(path: str, params: dict[str, Any]) -> None:
         raise ModuleLoadError(f"insmod {path} failed ({text}); dmesg:\n" + "\n".join(said), said)
 
 
+def module_name(artifact: str) -> str:
+    """The kernel's name for the module a .ko file holds: the file's name without .ko, '-' read as '_'
+    (kmx for /opt/kmatrix/drivers/kmx.ko; a renamed copy declared in matrix.yaml unloads by its own)."""
+    name = artifact.rsplit("/", 1)[-1]
+    return (name[:-3] if name.endswith(".ko") else name).replace("-", "_")
+
+
 def unload_module(name: str = "kmx") -> str | None:
     rc, text = _run(["rmmod", name])
     return None if rc == 0 else text
@@ -142,9 +149,10 @@ def module_loaded(driver: str, artifact: str, buffer_bytes: int) -> Iterator[Non
     try:
         yield
     finally:
-        problem = unload_module()
+        name = module_name(artifact)
+        problem = unload_module(name)
         if problem:
-            print(f"rmmod kmx: {problem}", file=sys.stderr)
+            print(f"rmmod {name}: {problem}", file=sys.stderr)
 
 
 def open_consumer(schema: Any, driver: str, artifact: str, *, tgid: int, snaplen: int, buffer_bytes: int) -> Any:

@@ -41,7 +41,7 @@ from harness.build.kmod import (
 )
 from harness.build.toolchain import Compiler, host_debian_arch, require_compiler
 from harness.debian import DebianRepo, Package
-from harness.errors import BuildError, KmatrixError
+from harness.errors import BuildError, KmatrixError, UnsupportedTarget
 
 if TYPE_CHECKING:
     from harness.matrix import KernelRef
@@ -67,10 +67,6 @@ _PROBE_OUTPUT = re.compile(r"^\[configure-kmod\] Build output for HAS_(\w+):")
 _PROBE_MARK = re.compile(r"^\[configure-kmod\] (?:Build output for|Setting|Build system|Including)")
 _PROBE_LEAVE = re.compile(r"make(?:\[\d+\])?: Leaving directory '[^']*/configure/\w+'")
 _SANITY = "0__SANITY"
-
-
-class UnsupportedTarget(BuildError):
-    """The source itself rules this (arch, kernel) out: a cell to skip with this reason, not an error."""
 
 
 @dataclass(frozen=True)
@@ -173,15 +169,18 @@ def unbuildable_reason(source: ScapSource, arch: ArchProfile, release: str) -> s
     """Why scap cannot be built for this (arch, kernel), in words; None when it can."""
     what = f"{source.conf.name} {source.conf.version} ({source.package.name} {source.package.version})"
     symbol = KERNEL_ARCH_SYMBOLS.get(arch.kbuild_arch)
-    supported = supported_symbols((source.root / "ppm.h").read_text(errors="replace"))
-    if symbol is None or symbol not in supported:
+    ppm_h = source.root / "ppm.h"  # scap's; another dkms package has no such table
+    supported = supported_symbols(ppm_h.read_text(errors="replace")) if ppm_h.is_file() else None
+    if supported is not None and (symbol is None or symbol not in supported):
         return (f"{what} does not support {arch.name}: its ppm.h defines SYSCALL_TABLE_ID0 only for "
                 f"{', '.join(sorted(supported))}")
     if source.conf.arch_regex and not re.search(source.conf.arch_regex, arch.uname_m):
         return f"{what} does not support {arch.name}: dkms.conf BUILD_EXCLUSIVE_ARCH={source.conf.arch_regex!r}"
     kernel = version_tuple(release)
+    main_c = source.root / "main.c"
     minimums = [(source.conf.kernel_min, "dkms.conf BUILD_EXCLUSIVE_KERNEL_MIN"),
-                (source_kernel_min((source.root / "main.c").read_text(errors="replace")), "main.c's #error")]
+                (source_kernel_min(main_c.read_text(errors="replace")) if main_c.is_file() else None,
+                 "main.c's #error")]
     for minimum, where in minimums:
         if minimum is not None and kernel < minimum:
             return f"{what} needs kernel {_dotted(minimum)} or newer ({where}); {release} is older"
@@ -191,9 +190,9 @@ def unbuildable_reason(source: ScapSource, arch: ArchProfile, release: str) -> s
     return None
 
 
-def fetch_scap_source(repo: DebianRepo, suite: str = DKMS_SUITE) -> ScapSource:
+def fetch_scap_source(repo: DebianRepo, suite: str = DKMS_SUITE, package_name: str = DKMS_PACKAGE) -> ScapSource:
     """The unpacked dkms source tree. Architecture: all, so the build host's index lists it."""
-    package = repo.find(suite, host_debian_arch(), DKMS_PACKAGE)
+    package = repo.find(suite, host_debian_arch(), package_name)
     confs = sorted((repo.unpack(package) / "usr" / "src").glob("*/dkms.conf"))
     if len(confs) != 1:
         raise BuildError(f"{package.name} {package.version} has {len(confs)} usr/src/*/dkms.conf, expected 1",
@@ -327,17 +326,28 @@ def scap_first_error(output: str) -> str:
 # -- the build -------------------------------------------------------------------------------------
 
 
-def build_scap_kmod(repo: DebianRepo, arch: ArchProfile, suite: str, cache: Path, *, log: Log = quiet) -> ScapBuild:
-    """scap.ko for the kernel (arch, suite) boots: cached, or built now. BuildError says why not."""
+def build_scap_kmod(repo: DebianRepo, arch: ArchProfile, suite: str, cache: Path, *, log: Log = quiet,
+                    package: str = DKMS_PACKAGE, package_suite: str = DKMS_SUITE,
+                    module: str | None = None) -> ScapBuild:
+    """scap.ko for the kernel (arch, suite) boots: cached, or built now. BuildError says why not.
+
+    Any dkms package built the same way can be named by `package` (from `package_suite`); `module`,
+    when given, is the module name the caller expects (dkms.conf's BUILT_MODULE_NAME must agree).
+    """
     started = time.monotonic()
     kh = resolve_headers(repo, arch, suite, log)
-    source = fetch_scap_source(repo)
+    source = fetch_scap_source(repo, package_suite, package)
+    if module is not None and module != source.conf.module:
+        raise BuildError(f"{source.package.name} {source.package.version} builds {source.conf.module}.ko, "
+                         f"not {module}.ko (dkms.conf BUILT_MODULE_NAME[0])",
+                         hint=f"declare the driver's module as {source.conf.module}.ko in matrix.yaml")
     reason = unbuildable_reason(source, arch, kh.release)
     if reason is not None:
-        raise UnsupportedTarget(reason, hint="this (arch, kernel) cannot run Falco's kernel module; skip it")
+        raise UnsupportedTarget(reason, hint=f"this (arch, kernel) cannot run {source.conf.module}.ko; skip it")
     compiler = require_compiler(arch, cache / "build" / "toolchains")
     key = scap_cache_key(source.package.sha256, header_sha256s(kh), compiler.version, compiler.make_vars)
-    out = cache / "build" / "falco-kmod" / f"{arch.name}-{kh.release}-{key}"
+    folder = "falco-kmod" if package == DKMS_PACKAGE else package  # the first one's cache stays where it was
+    out = cache / "build" / folder / f"{arch.name}-{kh.release}-{key}"
     found = _cached(out, source, arch, kh, compiler, started)
     if found is not None:
         return found

@@ -93,16 +93,21 @@ def assert_one_line_error(code: int | None, stderr: str, argv: list[str]) -> Non
 # -- malformed matrix files -------------------------------------------------------------------------------
 
 MODEL_KEYS: dict[tuple[str, ...], set[str]] = {  # mapping path pattern ("*" any key/index) -> allowed keys
-    (): {"schema", "mirror", "userland", "architectures", "drivers", "suites", "profiles"},
+    (): {"schema", "mirror", "userland", "architectures", "consumers", "drivers", "suites", "profiles"},
     ("architectures", "*"): {"kernels"},
     ("architectures", "*", "kernels", "*"): {"suite", "path", "name", "expect"},
-    ("drivers", "*"): {"kind", "min_kernel", "requires_config"},
+    ("consumers", "*"): {"kind", "debian", "capture", "read", "version"},
+    ("consumers", "*", "debian"): {"package", "suite"},
+    ("drivers", "*"): {"kind", "min_kernel", "requires_config", "source", "build", "module", "consumer",
+                       "version_from"},
+    ("drivers", "*", "source"): {"project", "debian", "path"},
+    ("drivers", "*", "source", "debian"): {"package", "suite"},
     ("suites", "*"): {"description", "archs", "requires_config"},
     ("profiles", "*"): {"kernels", "archs", "drivers", "suites"},
 }
-REQUIRED = [("schema",), ("userland",), ("architectures",), ("drivers",), ("suites",), ("profiles",),
+REQUIRED = [("schema",), ("userland",), ("architectures",), ("consumers",), ("drivers",), ("suites",), ("profiles",),
             ("userland", "default")]
-NONEMPTY = [("architectures",), ("drivers",), ("suites",), ("profiles",), ("userland",)]
+NONEMPTY = [("architectures",), ("consumers",), ("drivers",), ("suites",), ("profiles",), ("userland",)]
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -174,7 +179,7 @@ def bad_matrix_doc(draw: st.DrawFn) -> tuple[str, bytes, bool]:
         old = _get(BASE, path)
         value = draw(st.one_of(junk_scalar.filter(lambda v: v is not None or not isinstance(old, list)),
                                st.just([1, 2]) if isinstance(old, dict) else st.just({"a": 1})))
-        if path[-1] in ("archs", "drivers", "suites", "requires_config") and value is None:
+        if path[-1] in ("archs", "drivers", "suites", "requires_config", "version") and value is None:
             value = 7  # null is allowed there ("every"): take a number instead
         doc = _set(BASE, path, value)
     elif kind == "unknown-key":
@@ -196,7 +201,9 @@ def bad_matrix_doc(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     elif kind == "delete":
         required = [*REQUIRED, *((*p, k) for p in ALL_PATHS for pattern, k in [
             (("architectures", "*", "kernels", "*"), "expect"), (("drivers", "*"), "kind"),
-            (("drivers", "*"), "min_kernel"), (("suites", "*"), "description"), (("profiles", "*"), "kernels"),
+            (("drivers", "*"), "min_kernel"), (("drivers", "*"), "source"), (("drivers", "*"), "build"),
+            (("drivers", "*"), "module"), (("drivers", "*"), "consumer"), (("consumers", "*"), "kind"),
+            (("suites", "*"), "description"), (("profiles", "*"), "kernels"),
         ] if _matches(p, pattern) and k in _get(BASE, p))]
         doc = _delete(BASE, draw(st.sampled_from(required)))
     if kind == "binary":

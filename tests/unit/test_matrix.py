@@ -42,10 +42,21 @@ drivers:
     kind: kmod
     min_kernel: {x86_64: "3.10", riscv64: "5.0"}
     requires_config: [CONFIG_MODULES]
+    source: {project: drivers/kmod}
+    build: kbuild
+    module: kmx.ko
+    consumer: agent
   modern_bpf:
     kind: modern_bpf
     min_kernel: {x86_64: "5.8"}
     requires_config: [CONFIG_BPF_SYSCALL, CONFIG_DEBUG_INFO_BTF]
+    source: {project: drivers/modern_bpf}
+    build: bpf-core
+    module: kmx_modern.bpf.o
+    consumer: agent
+consumers:
+  agent:
+    kind: agent
 suites:
   capture:
     description: every syscall of a workload
@@ -122,9 +133,10 @@ def test_real_cell_counts(real: Matrix, raw: dict[str, Any], profile: str) -> No
 
 
 def test_real_cell_counts_by_hand(real: Matrix) -> None:
-    # 12 kernels (3+3+2+2+1+1) x 3 drivers x 3 suites; the file's comments promise these shapes.
-    assert len(real.cells("full")) == 12 * 3 * 3
-    assert len(real.cells("minimum")) == 6 * 3 * 3
+    # 12 kernels (3+3+2+2+1+1) x 4 drivers (the three reference drivers and falco-kmod) x 3 suites;
+    # the file's comments promise these shapes. ci and default keep the three reference drivers.
+    assert len(real.cells("full")) == 12 * 4 * 3
+    assert len(real.cells("minimum")) == 6 * 4 * 3
     assert len(real.cells("ci")) == 3 * 3 * 2  # capture and ia32 (which skips off x86_64)
     assert len(real.cells("default")) == 6 * 3 * 2
 
@@ -157,7 +169,8 @@ def test_ci_profile(real: Matrix) -> None:
 def test_minimum_profile(real: Matrix) -> None:
     cells = real.cells("minimum")
     x86 = {cell.driver: cell for cell in cells if cell.arch == "x86_64" and cell.suite == "capture"}
-    assert set(x86) == {"kmod", "bpf", "modern_bpf"}
+    assert set(x86) == {"kmod", "bpf", "modern_bpf", "falco-kmod"}
+    assert x86["falco-kmod"].kernel == x86["kmod"].kernel  # declared with the reference kmod's minimums
     for cell in x86.values():
         assert cell.kernel.suite == "bullseye"
         assert cell.kernel.expect == (5, 10, 0)
@@ -174,7 +187,7 @@ def test_minimum_profile(real: Matrix) -> None:
 
 def test_minimum_report(real: Matrix) -> None:
     rows = minimum_report(real)
-    assert len(rows) == 6 * 3
+    assert len(rows) == 6 * 4
     by_key = {(row.arch, row.driver): row for row in rows}
     row = by_key["x86_64", "modern_bpf"]
     assert row.declared == (5, 8, 0)
@@ -674,3 +687,189 @@ def test_minimum_when_no_kernel_qualifies(tmp_path: Path) -> None:
     report = {(row.arch, row.driver): row for row in minimum_report(matrix)}
     assert report["x86_64", "modern_bpf"].tested is None
     assert report["x86_64", "modern_bpf"].declared == (7, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drivers under test and their consumers (issue 10): source, build, module, consumer, version_from
+
+SYSDIG = """\
+  sysdig:
+    kind: command
+    debian: {package: sysdig, suite: sid}
+    capture: [sysdig, -w, "{file}"]
+    read: [sysdig, -r, "{file}", -p, "%evt.type %evt.dir"]
+    version: [sysdig, --version]
+"""
+FALCO = """\
+  falco-kmod:
+    kind: kmod
+    min_kernel: {x86_64: "3.10"}
+    requires_config: [CONFIG_MODULES, CONFIG_TRACEPOINTS]
+    source: {debian: {package: falcosecurity-scap-dkms, suite: sid}}
+    build: dkms
+    module: scap.ko
+    consumer: sysdig
+    version_from: dkms-conf
+"""
+
+
+def with_third_party(text: str = BASE) -> str:
+    """BASE plus Falco's module read by sysdig."""
+    text = text.replace("consumers:\n  agent:\n    kind: agent\n", "consumers:\n  agent:\n    kind: agent\n" + SYSDIG)
+    return text.replace("    consumer: agent\nconsumers:", "    consumer: agent\n" + FALCO + "consumers:", 1)
+
+
+def test_declarations_of_the_base(tmp_path: Path) -> None:
+    matrix = load_matrix(write(tmp_path, BASE))
+    kmod = matrix.drivers["kmod"]
+    assert (kmod.source.kind, kmod.source.project, kmod.build, kmod.module, kmod.consumer) == (
+        "project", "drivers/kmod", "kbuild", "kmx.ko", "agent")
+    assert kmod.module_name == "kmx" and kmod.version_from is None
+    assert matrix.drivers["modern_bpf"].module_name == "kmx_modern.bpf.o"
+    assert matrix.consumers["agent"].kind == "agent"
+
+
+def test_third_party_driver_and_command_consumer(tmp_path: Path) -> None:
+    matrix = load_matrix(write(tmp_path, with_third_party()))
+    falco = matrix.drivers["falco-kmod"]
+    assert falco.source.kind == "debian" and falco.source.debian is not None
+    assert (falco.source.debian.package, falco.source.debian.suite) == ("falcosecurity-scap-dkms", "sid")
+    assert (falco.build, falco.module, falco.module_name) == ("dkms", "scap.ko", "scap")
+    assert falco.version_from == "dkms-conf"
+    sysdig = matrix.consumers[falco.consumer]
+    assert sysdig.kind == "command" and sysdig.debian is not None and sysdig.debian.package == "sysdig"
+    assert sysdig.capture == ["sysdig", "-w", "{file}"] and sysdig.read is not None and "{file}" in sysdig.read
+    # A hyphenated driver name is fine: it reads well in cell ids.
+    assert "x86_64-bookworm-falco-kmod-capture" in [cell.id for cell in matrix.cells("full")]
+    x86 = [cell for cell in matrix.cells("full") if cell.arch == "x86_64"]
+    verdicts = {d: [applicability(matrix, c, None) for c in x86 if c.driver == d] for d in ("kmod", "falco-kmod")}
+    assert verdicts["falco-kmod"] == verdicts["kmod"]  # same minimum there, same config options required
+
+
+def test_path_source_is_resolved_against_the_matrix_dir(tmp_path: Path) -> None:
+    text = mutate("    source: {project: drivers/kmod}\n", "    source: {path: mine/kmod}\n")
+    matrix = load_matrix(write(tmp_path, text))
+    assert matrix.drivers["kmod"].source.path == str(tmp_path / "mine" / "kmod")
+    text = mutate("    source: {project: drivers/kmod}\n", "    source: {path: /abs/kmod}\n")
+    assert load_matrix(write(tmp_path, text)).drivers["kmod"].source.path == "/abs/kmod"
+
+
+def test_real_matrix_declares_every_driver(real: Matrix) -> None:
+    assert set(real.drivers) == {"kmod", "bpf", "modern_bpf", "falco-kmod"}
+    declared = {name: (d.kind, d.source.kind, d.build, d.module, d.consumer) for name, d in real.drivers.items()}
+    assert declared == {
+        "kmod": ("kmod", "project", "kbuild", "kmx.ko", "agent"),
+        "bpf": ("bpf", "project", "bpf-legacy", "kmx_legacy.bpf.o", "agent"),
+        "modern_bpf": ("modern_bpf", "project", "bpf-core", "kmx_modern.bpf.o", "agent"),
+        "falco-kmod": ("kmod", "debian", "dkms", "scap.ko", "sysdig"),
+    }
+    falco, kmod = real.drivers["falco-kmod"], real.drivers["kmod"]
+    assert falco.source.debian is not None
+    assert (falco.source.debian.package, falco.source.debian.suite) == ("falcosecurity-scap-dkms", "sid")
+    assert falco.min_kernel == kmod.min_kernel
+    assert falco.requires_config == ["CONFIG_MODULES", "CONFIG_TRACEPOINTS"]
+    assert real.consumers["sysdig"].kind == "command"
+    # falco-kmod stays out of what CI and the README's first command run.
+    for profile in ("ci", "default"):
+        assert real.profile(profile).drivers == ["kmod", "bpf", "modern_bpf"]
+        assert "falco-kmod" not in {cell.driver for cell in real.cells(profile)}
+
+
+def _driver_case(old: str, new: str, fragments: list[str], hint: str | None, case: str) -> Any:
+    return pytest.param(mutate(old, new), fragments, hint, id=case)
+
+
+DECLARATIONS = [
+    _driver_case("    source: {project: drivers/kmod}\n", "", ["drivers.kmod: missing required key 'source'"],
+                 "source, build, module, consumer", "missing-source"),
+    _driver_case("{project: drivers/kmod}", "{project: drivers/kmod, path: /x}",
+                 ["drivers.kmod.source: a driver source needs exactly one of 'project', 'debian' or 'path' "
+                  "(got project and path)"], "{project: drivers/kmod}", "two-sources"),
+    _driver_case("{project: drivers/kmod}", "{}", ["drivers.kmod.source: ", "(got none)"], None, "no-source"),
+    _driver_case("{project: drivers/kmod}", "{project: /src/kmod}",
+                 ["drivers.kmod.source.project: '/src/kmod' is not a folder inside the project"], "use `path:`",
+                 "absolute-project"),
+    _driver_case("{project: drivers/kmod}", "{project: ../kmod}",
+                 ["drivers.kmod.source.project: '../kmod' is not a folder inside the project"], None,
+                 "project-escapes"),
+    _driver_case("{project: drivers/kmod}", "{projet: drivers/kmod}",
+                 ["drivers.kmod.source.projet: unknown key 'projet'"], "did you mean 'project'?", "source-typo"),
+    _driver_case("{project: drivers/kmod}", "{debian: {package: Scap_DKMS, suite: sid}}",
+                 ["drivers.kmod.source.debian.package: 'Scap_DKMS' is not a Debian package name"], None,
+                 "bad-package"),
+    _driver_case("{project: drivers/kmod}", "{debian: {package: scap-dkms, suite: sidd}}",
+                 ["drivers.kmod.source.debian.suite: 'sidd' is not a known Debian suite"], "did you mean 'sid'?",
+                 "bad-package-suite"),
+    _driver_case("    build: kbuild\n", "    build: kbiuld\n", ["drivers.kmod.build: 'kbiuld' is not a build"],
+                 "did you mean 'kbuild'?", "unknown-build"),
+    _driver_case("    build: bpf-core\n", "    build: kbuild\n",
+                 ["drivers.modern_bpf.build: 'kbuild' cannot build a modern_bpf driver"], "bpf-core, prebuilt",
+                 "build-for-another-kind"),
+    _driver_case("{project: drivers/kmod}", "{debian: {package: scap-dkms, suite: sid}}",
+                 ["drivers.kmod.source.debian: a kbuild build does not read a debian source"], "project, path",
+                 "source-for-another-build"),
+    _driver_case("    build: kbuild\n", "    build: dkms\n",
+                 ["drivers.kmod.source.project: a dkms build does not read a project source"], "reads: debian",
+                 "dkms-from-project"),
+    _driver_case("    module: kmx.ko\n", "    module: kmx.o\n",
+                 ["drivers.kmod.module: 'kmx.o' is not a kmod object (its name must end in .ko)"], None,
+                 "kmod-module-suffix"),
+    _driver_case("    module: kmx_modern.bpf.o\n", "    module: kmx_modern.ko\n",
+                 ["drivers.modern_bpf.module: 'kmx_modern.ko' is not a modern_bpf object"], None,
+                 "bpf-module-suffix"),
+    _driver_case("    module: kmx.ko\n", "    module: drivers/kmx.ko\n",
+                 ["drivers.kmod.module: 'drivers/kmx.ko' is not a file name"], None, "module-with-folder"),
+    _driver_case("    module: kmx.ko\n", "    module: kmx_modern.bpf.o\n",
+                 ["drivers.kmod.module: 'kmx_modern.bpf.o' is not a kmod object"], None, "module-of-another"),
+    _driver_case("    consumer: agent\n  modern_bpf:", "    consumer: agnet\n  modern_bpf:",
+                 ["drivers.kmod.consumer: 'agnet' is not a consumer in `consumers`"], "did you mean 'agent'?",
+                 "unknown-consumer"),
+    _driver_case("    consumer: agent\n  modern_bpf:", "    consumer: agent\n    version_from: gti\n  modern_bpf:",
+                 ["drivers.kmod.version_from: 'gti' is not a version source"], "did you mean 'git'?",
+                 "unknown-version-source"),
+    _driver_case("    consumer: agent\n  modern_bpf:", "    consumer: agent\n    version_from: package\n  modern_bpf:",
+                 ["drivers.kmod.version_from: 'package' needs a source of debian (this driver's is project)"],
+                 "git, modinfo", "version-from-package-of-a-project"),
+    _driver_case("    consumer: agent\nconsumers:", "    consumer: agent\n    version_from: modinfo\nconsumers:",
+                 ["drivers.modern_bpf.version_from: 'modinfo' needs a kind of kmod (this driver's is modern_bpf)"],
+                 None, "modinfo-of-a-probe"),
+    _driver_case("  kmod:\n    kind: kmod\n", "  Kmod:\n    kind: kmod\n",
+                 ["drivers.Kmod: 'Kmod' is not a valid driver name"], "lower-case letters, digits, _ and -",
+                 "driver-name"),
+    _driver_case("consumers:\n  agent:\n    kind: agent\n", "", ["missing required key 'consumers'"], None,
+                 "no-consumers"),
+    _driver_case("    kind: agent\n", "    kind: agnt\n", ["consumers.agent.kind: 'agnt' is not a consumer kind"],
+                 "did you mean 'agent'?", "consumer-kind"),
+    _driver_case("    kind: agent\n", "    kind: agent\n    capture: [x, '{file}']\n",
+                 ["consumers.agent.capture: an agent consumer takes no 'capture'"], "{kind: agent}", "agent-command"),
+    _driver_case("    kind: agent\n", "    kind: command\n    debian: {package: sysdig, suite: sid}\n"
+                 "    capture: [sysdig, -w, '{file}']\n",
+                 ["consumers.agent: missing required key 'read'"], "capture: [sysdig, -w, '{file}']",
+                 "command-without-read"),
+    _driver_case("    kind: agent\n", "    kind: command\n    debian: {package: sysdig, suite: sid}\n"
+                 "    capture: [sysdig, -w, out.scap]\n    read: [sysdig, -r, '{file}']\n",
+                 ["consumers.agent.capture: ['sysdig', '-w', 'out.scap'] never names the capture file"], "{file}",
+                 "capture-without-file"),
+    _driver_case("    kind: agent\n", "    kind: command\n    debian: {package: sysdig, suite: sid}\n"
+                 "    capture: [sysdig, -w, '{out}']\n    read: [sysdig, -r, '{file}']\n",
+                 ["consumers.agent.capture: {out} in '{out}' is not a placeholder"], "{file}", "unknown-placeholder"),
+    _driver_case("    kind: agent\n", "    kind: command\n    debian: {package: sysdig, suite: sid}\n"
+                 "    capture: 'sysdig -w {file}'\n    read: [sysdig, -r, '{file}']\n",
+                 ["consumers.agent.capture: expected a list, got a string 'sysdig -w {file}'"], None,
+                 "shell-string"),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments", "hint"), DECLARATIONS)
+def test_bad_declarations(tmp_path: Path, text: str, fragments: list[str], hint: str | None) -> None:
+    test_malformed(tmp_path, text, fragments, hint)
+
+
+def test_two_drivers_with_one_module_file(tmp_path: Path) -> None:
+    copy = ("  kmod2:\n    kind: kmod\n    min_kernel: {x86_64: \"3.10\"}\n    source: {path: /x}\n"
+            "    build: kbuild\n    module: kmx.ko\n    consumer: agent\n")
+    text = BASE.replace("consumers:\n", copy + "consumers:\n", 1)
+    with pytest.raises(ConfigError) as info:
+        load_matrix(write(tmp_path, text))
+    assert "drivers.kmod2.module: 'kmx.ko' is also drivers.kmod.module" in str(info.value)
+    assert info.value.hint is not None and "own file name" in info.value.hint
