@@ -86,6 +86,9 @@ class BundleSpec:
     ignored: frozenset[str] = frozenset()
     dlopened: tuple[str, ...] = ()
     extra_dirs: tuple[str, ...] = ()
+    # True: the bundle carries its own glibc and dynamic loader (nothing is taken from the image), for
+    # programs from a newer suite than the image's userland (sid's sysdig on a trixie image).
+    self_contained: bool = False
 
 
 _NOT_LIBRARY_SUFFIXES = ("-common", "-data", "-doc", "-bin", "-dev", "-utils", "-tools")
@@ -118,13 +121,15 @@ class Bundle:
     from_image: dict[str, str]  # soname the guest image already carries -> package
     substitutions: list[str] = field(default_factory=list)
     spec: BundleSpec = AUDITD
+    loader: str | None = None  # lib/<loader> of a self-contained bundle: run binaries through it
 
     @property
     def files(self) -> list[tuple[Path, str, int]]:
         """(source, guest path, mode) for harness.cells.files_overlay."""
         root = self.spec.guest_root
         out = [(self.path / "sbin" / name, f"{root}/sbin/{name}", 0o755) for name in self.spec.binaries]
-        out += [(self.path / "lib" / name, f"{root}/lib/{name}", 0o644) for name in sorted(self.libraries)]
+        out += [(self.path / "lib" / name, f"{root}/lib/{name}", 0o755 if name == self.loader else 0o644)
+                for name in sorted(self.libraries)]
         return out
 
     @property
@@ -173,7 +178,7 @@ def debian_bundle(
 ) -> Bundle:
     """spec's binaries and the libraries they need beyond the guest image, for one architecture (cached)."""
     recipe = recipe or load_recipe()
-    base = base_packages(recipe)
+    base = [] if spec.self_contained else base_packages(recipe)
     index = repo.packages(suite, arch.debian_arch)
     closure, skipped = resolve_closure(
         index, spec.roots, base, where=f"{suite}/main/binary-{arch.debian_arch}", spec=spec
@@ -193,6 +198,8 @@ def debian_bundle(
     ]
     if spec != AUDITD:  # auditd's key stays what it was: its cached bundles remain valid
         material.append([spec.binaries, spec.dlopened, spec.extra_dirs])
+    if spec.self_contained:
+        material.append("self-contained")
     key = content_key(*material)
     dest = cache / "build" / spec.name / f"{arch.name}-{suite}-{key}"
 
@@ -218,6 +225,7 @@ def debian_bundle(
         from_image=dict(manifest["from_image"]),
         substitutions=list(manifest["substitutions"]),
         spec=spec,
+        loader=manifest.get("loader"),
     )
 
 
@@ -232,7 +240,7 @@ def base_packages(recipe: Recipe) -> list[str]:
 
 
 def _is_library_package(name: str) -> bool:
-    return name.startswith("lib") and not name.endswith(_NOT_LIBRARY_SUFFIXES)
+    return name.startswith(("lib", "zlib1g")) and not name.endswith(_NOT_LIBRARY_SUFFIXES)
 
 
 def resolve_closure(
@@ -422,7 +430,11 @@ def _fill(
         dest.chmod(0o644)
         libraries[soname] = tree.package.name
         queue += [(soname, name) for name in elf_needed(dest)]
+    loader = None
+    if spec.self_contained:
+        loader = _copy_loader(out, pending[0], trees, libraries)
     return {
+        "loader": loader,
         "packages": packages,
         "libraries": dict(sorted(libraries.items())),
         "from_image": dict(sorted(from_image.items())),
@@ -430,8 +442,26 @@ def _fill(
     }
 
 
+def _copy_loader(out: Path, binary: Path, trees: list[_Tree], libraries: dict[str, str]) -> str:
+    """Copy the binary's PT_INTERP (the closure's own glibc loader) into lib/; its file name."""
+    interp = elf_interpreter(binary)
+    if interp is None:
+        raise BuildError(f"{binary.name} has no PT_INTERP: a self-contained bundle is for dynamic programs")
+    name = interp.rsplit("/", 1)[-1]
+    found = next(((t, t.libs[name]) for t in trees if name in t.libs), None)
+    if found is None:
+        raise BuildError(f"{binary.name} asks for the loader {interp}, which no package of the bundle provides")
+    tree, lib = found
+    dest = out / "lib" / name
+    if name not in libraries:  # libc.so.6 names it in DT_NEEDED, so usually it is there already
+        shutil.copyfile(_resolve_in_tree(tree, lib), dest)
+        libraries[name] = tree.package.name
+    dest.chmod(0o755)
+    return name
+
+
 # ---------------------------------------------------------------------------------------------------
-# ELF: DT_NEEDED
+# ELF: DT_NEEDED, PT_INTERP
 
 
 _DT_NEEDED = 1
@@ -479,3 +509,28 @@ def elf_dynamic(path: Path) -> tuple[list[str], str | None]:
 
 def elf_needed(path: Path) -> list[str]:
     return elf_dynamic(path)[0]
+
+
+_PT_INTERP = 3
+
+
+def elf_interpreter(path: Path) -> str | None:
+    """The program interpreter (PT_INTERP) an ELF executable names, or None (static)."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF":
+        raise BuildError(f"{path}: not an ELF file")
+    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    if wide:
+        (phoff,) = struct.unpack_from(order + "Q", data, 0x20)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 0x36)
+    else:
+        (phoff,) = struct.unpack_from(order + "I", data, 0x1C)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 0x2A)
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if struct.unpack_from(order + "I", data, at)[0] != _PT_INTERP:
+            continue
+        offset, size = (struct.unpack_from(order + "QQQQ", data, at + 8)[0::3] if wide
+                        else struct.unpack_from(order + "IIII", data, at + 4)[0::3])
+        return data[offset : offset + size].split(b"\0", 1)[0].decode()
+    return None
