@@ -174,6 +174,7 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         files = [(build.path, build.guest_path, 0o644)]
         if with_ia32_tools:
             files += _ia32_tool_files(ws, result)
+        params = {**params, **_command_consumer(ws, arch, cell, files, result)}
         if target is not None:
             from harness.remote.ssh import parse_target
 
@@ -203,18 +204,35 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
     return result
 
 
-# Consumer kinds the guest suites here can read a driver through.
-SUITE_CONSUMERS = ("agent",)
+# The consumer kinds each suite can read a driver through: a command consumer (sysdig) through the
+# capture suite only (harness/guest/command_capture.py); the ia32 suite's checks need the kmx events.
+SUITE_CONSUMERS = {"capture": ("agent", "command"), "ia32": ("agent",), "throughput": ("agent", "command")}
 
 
 def consumer_gap(ws: Workspace, cell: Cell) -> str | None:
     """Why the cell's suite cannot read its driver's declared consumer here (None: it can)."""
     name = ws.matrix.drivers[cell.driver].consumer
     consumer = ws.matrix.consumers[name]
-    if consumer.kind in SUITE_CONSUMERS:
+    readable = SUITE_CONSUMERS.get(cell.suite, ("agent",))
+    if consumer.kind in readable:
         return None
-    return (f"suite {cell.suite} cannot read driver {cell.driver} through consumer {name} ({consumer.kind} "
-            "consumers are declared, but this kmatrix runs suites through the agent only)")
+    return (f"suite {cell.suite} cannot read driver {cell.driver} through consumer {name}: it reads drivers "
+            f"through {' or '.join(readable)} consumers only")
+
+
+def _command_consumer(ws: Workspace, arch: ArchProfile, cell: Cell, files: list[tuple[Path, str, int]],
+                      result: CellResult) -> dict[str, Any]:
+    """For a driver read by a command consumer (sysdig): its bundle joins the overlay, and the guest
+    request carries its argument lists and the driver's documented differences. Nothing otherwise."""
+    from harness.consumers import guest_consumer
+
+    consumer = guest_consumer(ws, arch, cell.driver)
+    if consumer is None:
+        return {}
+    files += consumer.files
+    result.metrics["consumer"] = consumer.details()
+    differences = [d.model_dump() for d in ws.matrix.drivers[cell.driver].differences]
+    return {"consumer": consumer.request(), "differences": differences}
 
 
 def record_error(result: CellResult, error: KmatrixError, *, target: str | None = None) -> None:

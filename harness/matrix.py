@@ -528,6 +528,27 @@ class DriverSource(_Model):
         return "project" if self.project is not None else ("debian" if self.debian is not None else "path")
 
 
+# What a documented difference may name: the checks of the capture suite through a command consumer
+# (harness/guest/command_capture.py), "oracle" for its tracefs comparison.
+DIFFERENCE_CHECKS = ("enter event", "exit event", "raw arguments", "return value", "oracle")
+
+
+def _difference_what(value: str) -> str:
+    if value in DIFFERENCE_CHECKS or re.fullmatch(r"(enter|exit) param [a-z_0-9]+", value):
+        return value
+    raise ValueError(f"{value!r} is not a check of the suite: one of {', '.join(DIFFERENCE_CHECKS)}, "
+                     "or 'enter param NAME' / 'exit param NAME'")
+
+
+class DriverDifference(_Model):
+    """A check of the capture suite a driver legitimately does otherwise than the reference drivers:
+    the suite still runs the check, and accepts its failure for `call` ('*': every call) because of `why`."""
+
+    call: Annotated[str, Field(min_length=1, pattern=r"^(\*|[a-z_0-9]+)$")]
+    what: Annotated[str, AfterValidator(_difference_what)]
+    why: Annotated[str, Field(min_length=10)]
+
+
 class DriverSpec(_Model):
     """A driver under test: what it is, where it comes from, how it is built and who reads it."""
 
@@ -540,6 +561,7 @@ class DriverSpec(_Model):
     module: ModuleFile  # the object the build produces (kmx.ko, scap.ko, kmx_modern.bpf.o)
     consumer: Name  # a key of `consumers`
     version_from: VersionSource | None = None  # how its version is recorded (None: not separately)
+    differences: list[DriverDifference] = []  # documented departures from the reference expectations
 
     @property
     def module_name(self) -> str:

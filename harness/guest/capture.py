@@ -100,6 +100,10 @@ def op_capture(request: dict[str, Any]) -> dict[str, Any]:
     time; the result is the first size's, plus a per-size summary, and passes only if all pass.
     """
     refuse_outside_guest()
+    if request.get("consumer"):  # a third-party command reads the driver (sysdig for Falco's kmod)
+        from harness.guest.command_capture import op_capture_command
+
+        return op_capture_command(request)
     sizes = [int(size) for size in request.get("buffer_sizes", [])]
     if not sizes:
         return _capture_once(request)
