@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 class ConsumerFailed(RuntimeError):
     """The consumer command exited, never started capturing, or could not read its capture back."""
 
+    details: dict[str, Any] | None = None  # the agent adds these to its error reply
+
 
 class CommandConsumer:
     def __init__(self, name: str, capture: list[str], read: list[str], version: list[str] | None,

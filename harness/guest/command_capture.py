@@ -27,7 +27,7 @@ import sys
 import time
 
 from harness.guest import tracefs
-from harness.guest.capture import load_module, module_name, refuse_outside_guest, unload_module
+from harness.guest.capture import dmesg_lines, load_module, module_name, refuse_outside_guest, unload_module
 from harness.guest.command import CommandConsumer, ConsumerFailed
 from harness.guest.verify import marked_sequence
 from harness.guest.workload import MARK_BEGIN, MARK_END, syscall_table
@@ -268,11 +268,14 @@ def _run(consumer: CommandConsumer, device_prefix: str, token: str, differences:
     capture_file = f"/tmp/kmx-{token}.scap"
     trace = tracefs.SyscallTrace()
     trace.start(tid)
+    before = len(dmesg_lines())
     try:
         timings["consumer_start_s"] = consumer.start(capture_file, device_prefix)
-    except ConsumerFailed:
+    except ConsumerFailed as error:
         workload.kill()
         trace.stop()
+        # What the driver logged while the consumer opened it goes with the failure (cells put it in metrics).
+        error.details = {"dmesg": dmesg_lines()[before:][-20:]}
         raise
     began = time.monotonic()
     workload.stdin.write("go\n")
