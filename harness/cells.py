@@ -167,6 +167,8 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
             result.status, result.reason = "skip", unread
             return result
         kind = ws.matrix.drivers[cell.driver].kind
+        # Before the build: a consumer the architecture lacks makes the cell a skip.
+        consumer_params, consumer_files = _command_consumer(ws, arch, cell, result)
         started = time.monotonic()
         build = build_driver(ws, kind, cell, fault)
         result.timings["build_s"] = round(time.monotonic() - started, 2)
@@ -174,7 +176,8 @@ def _run_guest_suite(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | N
         files = [(build.path, build.guest_path, 0o644)]
         if with_ia32_tools:
             files += _ia32_tool_files(ws, result)
-        params = {**params, **_command_consumer(ws, arch, cell, files, result)}
+        files += consumer_files
+        params = {**params, **consumer_params}
         if target is not None:
             from harness.remote.ssh import parse_target
 
@@ -220,19 +223,19 @@ def consumer_gap(ws: Workspace, cell: Cell) -> str | None:
             f"through {' or '.join(readable)} consumers only")
 
 
-def _command_consumer(ws: Workspace, arch: ArchProfile, cell: Cell, files: list[tuple[Path, str, int]],
-                      result: CellResult) -> dict[str, Any]:
-    """For a driver read by a command consumer (sysdig): its bundle joins the overlay, and the guest
-    request carries its argument lists and the driver's documented differences. Nothing otherwise."""
+def _command_consumer(ws: Workspace, arch: ArchProfile, cell: Cell, result: CellResult
+                      ) -> tuple[dict[str, Any], list[tuple[Path, str, int]]]:
+    """For a driver read by a command consumer (sysdig): the guest request's fields (its argument
+    lists, the driver's documented differences) and its bundle's files. Nothing otherwise."""
     from harness.consumers import guest_consumer
 
     consumer = guest_consumer(ws, arch, cell.driver)
     if consumer is None:
-        return {}
-    files += consumer.files
+        return {}, []
     result.metrics["consumer"] = consumer.details()
-    differences = [d.model_dump() for d in ws.matrix.drivers[cell.driver].differences]
-    return {"consumer": consumer.request(), "differences": differences}
+    differences = [d.model_dump(exclude={"archs"}) for d in ws.matrix.drivers[cell.driver].differences
+                   if d.archs is None or cell.arch in d.archs]
+    return {"consumer": consumer.request(), "differences": differences}, consumer.files
 
 
 def record_error(result: CellResult, error: KmatrixError, *, target: str | None = None) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.archs import ArchProfile
 from harness.bench.auditd import Bundle, BundleSpec, debian_bundle
-from harness.errors import KmatrixError
+from harness.errors import KmatrixError, UnsupportedTarget
 from harness.matrix import ConsumerSpec
 from harness.runner import Workspace
 
@@ -82,6 +82,9 @@ def guest_consumer(ws: Workspace, arch: ArchProfile, driver: str) -> GuestConsum
     if spec.kind == "agent":
         return None
     assert spec.debian is not None and spec.capture is not None and spec.read is not None  # validated
+    if not ws.repo.packages(spec.debian.suite, arch.debian_arch).get(spec.debian.package):
+        raise UnsupportedTarget(f"consumer {name}: Debian {spec.debian.suite} has no {spec.debian.package} for "
+                                f"{arch.debian_arch}, so nothing here reads {driver} on {arch.name}")
     bundle = debian_bundle(ws.repo, spec.debian.suite, arch, ws.cache, bundle_spec(name, spec), log=ws.say)
     return GuestConsumer(
         name=name,

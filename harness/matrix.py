@@ -530,7 +530,7 @@ class DriverSource(_Model):
 
 # What a documented difference may name: the checks of the capture suite through a command consumer
 # (harness/guest/command_capture.py), "oracle" for its tracefs comparison.
-DIFFERENCE_CHECKS = ("enter event", "exit event", "raw arguments", "return value", "oracle")
+DIFFERENCE_CHECKS = ("enter event", "exit event", "raw arguments", "return value", "oracle", "not captured")
 
 
 def _difference_what(value: str) -> str:
@@ -547,6 +547,7 @@ class DriverDifference(_Model):
     call: Annotated[str, Field(min_length=1, pattern=r"^(\*|[a-z_0-9]+)$")]
     what: Annotated[str, AfterValidator(_difference_what)]
     why: Annotated[str, Field(min_length=10)]
+    archs: Annotated[list[ArchName], AfterValidator(_nonempty_unique("architecture"))] | None = None  # None: all
 
 
 class DriverSpec(_Model):

@@ -5,7 +5,7 @@ as `kmx-copy` in a copy of the repository's matrix.yaml: no Python knows it. On 
 kernel the harness builds it through the kbuild adapter, boots the kernel with it and runs the
 capture suite (insmod, capture, verify, rmmod kmx_copy), exactly as for the reference kmod.
 
-Builds against Debian's headers and boots a guest: runs only when selected with `-m vm`.
+Builds against Debian's headers and boots one guest (about a minute): part of the integration tests.
 """
 
 from __future__ import annotations
@@ -24,13 +24,7 @@ from harness.runner import Workspace
 pytestmark = [pytest.mark.vm, pytest.mark.arch_x86_64]
 
 
-@pytest.fixture
-def only_with_vm_marker(request: pytest.FixtureRequest) -> None:
-    if "vm" not in str(request.config.getoption("markexpr") or ""):
-        pytest.skip("builds a module and boots a guest: run with -m vm")
-
-
-def test_a_declared_copy_of_the_kmod_builds_loads_and_captures(only_with_vm_marker: None, tmp_path: Path) -> None:
+def test_a_declared_copy_of_the_kmod_builds_loads_and_captures(tmp_path: Path) -> None:
     repo = project_root()
     copy = tmp_path / "kmx_copy"
     shutil.copytree(repo / "drivers" / "kmod", copy, ignore=shutil.ignore_patterns("kmx_decode.h", "*.o", "*.ko"))

@@ -73,4 +73,26 @@ def test_a_bad_difference_is_refused_naming_it(tmp_path: Path, difference: dict[
 def test_declared_differences_load(tmp_path: Path) -> None:
     difference = {"call": "write", "what": "enter param data", "why": "formats buffers otherwise"}
     matrix = load_matrix(_with_difference(tmp_path, difference))
-    assert [d.model_dump() for d in matrix.drivers["falco-kmod"].differences] == [difference]
+    assert [d.model_dump(exclude={"archs"}) for d in matrix.drivers["falco-kmod"].differences] == [difference]
+
+
+def test_an_architecture_without_the_consumers_package_is_a_skip_saying_so(tmp_path: Path) -> None:
+    from harness.archs import get_arch
+    from harness.cells import CellResult, record_error
+    from harness.consumers import guest_consumer
+    from harness.errors import UnsupportedTarget
+    from harness.runner import Workspace
+
+    class NoSysdig:  # the one call guest_consumer makes before bundling: the suite's index
+        def packages(self, suite: str, debian_arch: str) -> dict[str, list[object]]:
+            assert (suite, debian_arch) == ("sid", "loong64")
+            return {"libc6": [object()]}
+
+    ws = Workspace(load_matrix(default_matrix_path()), NoSysdig(), tmp_path)  # type: ignore[arg-type]
+    assert guest_consumer(ws, get_arch("loongarch64"), "kmod") is None  # the agent reads kmod
+    with pytest.raises(UnsupportedTarget) as caught:
+        guest_consumer(ws, get_arch("loongarch64"), "falco-kmod")
+    result = CellResult("c", "loongarch64", "sid", "falco-kmod", "capture")
+    record_error(result, caught.value)
+    assert (result.status, result.reason) == ("skip", "consumer sysdig: Debian sid has no sysdig for loong64, so "
+                                              "nothing here reads falco-kmod on loongarch64")
