@@ -271,6 +271,16 @@ def op_capture_command(request: dict[str, Any]) -> dict[str, Any]:
             print(f"rmmod {module_name(artifact)}: {problem}", file=sys.stderr)
 
 
+def show_unhandled_signals() -> None:
+    """debug.exception-trace=1: the kernel logs where a process died of SIGSEGV/SIGBUS (pc, library,
+    ESR on arm64), which turns a consumer's bare 'Bus error' into a precise failure."""
+    try:
+        with open("/proc/sys/debug/exception-trace", "w", encoding="ascii") as handle:
+            handle.write("1")
+    except OSError:
+        pass  # not on every architecture
+
+
 def _run(consumer: CommandConsumer, device_prefix: str, token: str, differences: list[dict[str, str]],
          timings: dict[str, float]) -> dict[str, Any]:
     workload = subprocess.Popen([sys.executable, "-S", "-m", "harness.guest.workload", token],
@@ -281,14 +291,19 @@ def _run(consumer: CommandConsumer, device_prefix: str, token: str, differences:
     trace = tracefs.SyscallTrace()
     trace.start(tid)
     before = len(dmesg_lines())
+    show_unhandled_signals()
     try:
         timings["consumer_start_s"] = consumer.start(capture_file, device_prefix)
     except ConsumerFailed as error:
         workload.kill()
         trace.stop()
-        # What the driver logged while the consumer opened it goes with the failure (cells put it in metrics).
-        error.details = {"dmesg": dmesg_lines()[before:][-20:]}
-        raise
+        # What the kernel logged while the consumer opened the driver goes with the failure (cells put
+        # it in metrics); the kernel's line on the consumer's fatal signal joins the reason.
+        logged = dmesg_lines()[before:]
+        fatal = next((line.split("] ", 1)[-1] for line in logged if "unhandled" in line), None)
+        failure = ConsumerFailed(f"{error}; kernel: {fatal}" if fatal else str(error))
+        failure.details = {"dmesg": logged[-20:]}
+        raise failure from error
     began = time.monotonic()
     workload.stdin.write("go\n")
     workload.stdin.flush()

@@ -56,9 +56,10 @@ def test_scap_builds_and_loads(workspace: Workspace, scap_cell: Cell, tmp_path: 
 # Falco's module read by sysdig where it does not work, measured here: the exact failure is asserted,
 # so a fixed driver (or a new failure) shows up as this test failing, not as a silent pass.
 KNOWN_FAILURES = {
-    # sysdig 0.41.4 dies with SIGBUS right after mmapping scap 0.23.2's ring buffers (the driver logs
-    # the consumer added, both CPU buffers initialized, then deallocated); 6.1 on the same
-    # architecture, and 6.12 on x86_64 and s390x, capture fine. Seen under QEMU TCG.
+    # sysdig 0.41.4 dies with SIGBUS right after mmapping scap 0.23.2's ring buffers: the kernel logs
+    # "unhandled exception: DABT (lower EL), ESR 0x92000010, synchronous external abort in
+    # libscap_engine_kmod.so.0.23" (a load from the remap_pfn_range'd vmalloc pages). 6.1 on the same
+    # architecture, and 6.12 on x86_64, s390x and ppc64le, capture fine. Seen under QEMU TCG.
     ("aarch64", "6.12"): "sysdig exited with status -7 before capturing (killed by SIGBUS)",
 }
 
