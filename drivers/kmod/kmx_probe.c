@@ -384,6 +384,9 @@ static void kmx_emit(struct pt_regs *regs, u16 type, long nr, long ret)
 	hdr.len = ALIGN(w.pos, KMX_ALIGN);
 	hdr.type = type | (ia32 ? KMX_EVT_F_IA32 : 0);
 	hdr.nparams = nparams;
+	hdr.cgroup_id = kmx_cgroup_id();
+	hdr.pidns = kmx_pidns_inum();
+	hdr.reserved = 0;
 	memcpy(w.base, &hdr, sizeof(hdr));
 	if (hdr.len > w.pos)
 		memset(w.base + w.pos, 0, hdr.len - w.pos);
