@@ -434,8 +434,14 @@ static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, 
 	hdr->len = len;
 	hdr->type = type | (ia32 ? KMX_EVT_F_IA32 : 0);
 	hdr->nparams = nparams;
+#ifdef KMX_FAULT_NO_CONTAINER
+	/* Test-only fault (fault="no_container"): the container suite must fail. */
+	hdr->cgroup_id = 0;
+	hdr->pidns = 0;
+#else
 	hdr->cgroup_id = bpf_get_current_cgroup_id();
 	hdr->pidns = kmx_pidns_inum();
+#endif
 	hdr->reserved = 0;
 
 	len = kmx_pos(len);
