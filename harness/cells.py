@@ -142,8 +142,17 @@ def run_containers_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str 
                             target=target)
 
 
+def run_permissions_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
+                         timeout_s: float = 300, target: str | None = None) -> CellResult:
+    """The permission suite: an unprivileged user is refused the driver, and reads it with the device's
+    group (kmod) or exactly CAP_BPF and CAP_PERFMON (modern BPF) (harness/guest/permission_suite.py)."""
+    return _run_guest_suite(ws, cell, run_dir, fault=fault, op="permissions", timeout_s=timeout_s, params={},
+                            target=target)
+
+
 # Suites with a runner, by name.
-SUITE_RUNNERS = {"capture": run_capture_cell, "ia32": run_ia32_cell, "containers": run_containers_cell}
+SUITE_RUNNERS = {"capture": run_capture_cell, "ia32": run_ia32_cell, "containers": run_containers_cell,
+                 "permissions": run_permissions_cell}
 
 
 def _ia32_tool_files(ws: Workspace, result: CellResult) -> list[tuple[Path, str, int]]:

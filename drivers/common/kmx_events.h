@@ -160,6 +160,18 @@ struct kmx_event_hdr {
 #define KMX_IOCTL_GET_STATS 5  /* _IOWR struct kmx_cpu_stats (cpu filled in by the caller) */
 #define KMX_IOCTL_SET_FILTER_TGID 6 /* _IOW __u64: 0 captures every process */
 #define KMX_IOCTL_SET_SAMPLING 7 /* _IOW __u32 N: keep 1 in N syscalls (enter and exit together); 0, 1: all */
+#define KMX_IOCTL_SET_TAIL 8   /* _IOW struct kmx_tail: a consumer with a read-only mapping gives space back */
+
+/*
+ * Who may open /dev/kmx: the module's device_gid and device_mode parameters (default root:root
+ * 0640). A member of that group opens it read-only, maps the buffers read-only and publishes its
+ * tail with SET_TAIL; root (or any writer) may map read-write and store the tail itself.
+ */
+struct kmx_tail {
+	__u32 cpu;
+	__u32 reserved;        /* 0 */
+	__u64 tail;            /* next read offset in the CPU's data area (a multiple of KMX_ALIGN) */
+};
 
 struct kmx_info {
 	__u32 schema_version;

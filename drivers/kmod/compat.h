@@ -74,6 +74,21 @@ static inline u32 kmx_pidns_inum(void)
 }
 
 /*
+ * The device: class_create() lost its owner argument in 6.4, device_type.devnode() took a const
+ * device in 6.2.
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 4, 0)
+#define kmx_class_create(name) class_create(THIS_MODULE, (name))
+#else
+#define kmx_class_create(name) class_create(name)
+#endif
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 2, 0)
+#define KMX_DEVNODE_CONST
+#else
+#define KMX_DEVNODE_CONST const
+#endif
+
+/*
  * Probe context. Older kernels (6.12 and before here) call raw_syscalls probes with preemption
  * disabled; newer ones declare them TRACE_EVENT_SYSCALL, "faultable" (Debian's 7.2 here), and
  * call probes preemptible under RCU tasks trace. Disabling preemption ourselves works on both

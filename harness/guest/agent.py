@@ -18,6 +18,7 @@ from harness.guest.bench import op_bench
 from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
 from harness.guest.container_suite import op_containers
+from harness.guest.permission_suite import op_permissions
 from harness.guest.ia32 import op_ia32
 
 TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
@@ -123,6 +124,7 @@ HANDLERS: dict[str, Handler] = {
     "ia32": op_ia32,
     "bench": op_bench,
     "containers": op_containers,
+    "permissions": op_permissions,
 }
 
 
