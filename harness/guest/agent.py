@@ -18,8 +18,8 @@ from harness.guest.bench import op_bench
 from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
 from harness.guest.container_suite import op_containers
-from harness.guest.permission_suite import op_permissions
 from harness.guest.ia32 import op_ia32
+from harness.guest.permission_suite import op_permissions
 
 TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
 if TYPE_CHECKING:
