@@ -150,9 +150,17 @@ def run_permissions_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str
                             target=target)
 
 
+def run_tamper_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
+                    timeout_s: float = 300, target: str | None = None) -> CellResult:
+    """The tamper suite: the agent's watch mode alerts within 5 s when another process takes the driver
+    away, and says which attempts the kernel refused (harness/guest/tamper_suite.py)."""
+    return _run_guest_suite(ws, cell, run_dir, fault=fault, op="tamper", timeout_s=timeout_s, params={},
+                            target=target)
+
+
 # Suites with a runner, by name.
 SUITE_RUNNERS = {"capture": run_capture_cell, "ia32": run_ia32_cell, "containers": run_containers_cell,
-                 "permissions": run_permissions_cell}
+                 "permissions": run_permissions_cell, "tamper": run_tamper_cell}
 
 
 def _ia32_tool_files(ws: Workspace, result: CellResult) -> list[tuple[Path, str, int]]:

@@ -62,6 +62,17 @@ bool kmx_capturing;
 static u64 kmx_stride;
 static DEFINE_MUTEX(kmx_lock);
 
+/*
+ * Open files of /dev/kmx (mappings hold theirs). A plain rmmod cannot run while one is open (each
+ * holds a module reference), but a forced one (rmmod -f, CONFIG_MODULE_FORCE_UNLOAD) can: then
+ * kmx_exit() waits for them to close before freeing anything their ioctls, mappings or release
+ * still reach, and ioctls fail with ENODEV meanwhile. A consumer sees the module "going" in
+ * /sys/module/kmx/initstate and should close.
+ */
+static atomic_t kmx_open_files = ATOMIC_INIT(0);
+static DECLARE_WAIT_QUEUE_HEAD(kmx_all_closed);
+static bool kmx_going;
+
 static u32 kmx_clamp_snaplen(u64 value)
 {
 	return (u32)clamp_t(u64, value, 1, KMX_SNAPLEN_MAX);
@@ -94,6 +105,10 @@ static long kmx_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	long ret = 0;
 
 	mutex_lock(&kmx_lock);
+	if (kmx_going) {
+		mutex_unlock(&kmx_lock);
+		return -ENODEV;
+	}
 	switch (cmd) {
 	case KMX_IOC_START:
 		if (!READ_ONCE(kmx_capturing)) {
@@ -212,8 +227,23 @@ static int kmx_mmap(struct file *file, struct vm_area_struct *vma)
 	return remap_vmalloc_range(vma, per_cpu_ptr(kmx_bufs, cpu)->mem, 0);
 }
 
+static int kmx_open(struct inode *inode, struct file *file)
+{
+	atomic_inc(&kmx_open_files);
+	return 0;
+}
+
+static int kmx_release(struct inode *inode, struct file *file)
+{
+	if (atomic_dec_and_test(&kmx_open_files))
+		wake_up(&kmx_all_closed);
+	return 0;
+}
+
 static const struct file_operations kmx_fops = {
 	.owner = THIS_MODULE,
+	.open = kmx_open,
+	.release = kmx_release,
 	.unlocked_ioctl = kmx_ioctl,
 	.compat_ioctl = KMX_COMPAT_IOCTL,
 	.mmap = kmx_mmap,
@@ -383,8 +413,15 @@ free:
 static void __exit kmx_exit(void)
 {
 	kmx_device_destroy();
+	mutex_lock(&kmx_lock);
+	kmx_going = true; /* no ioctl starts a capture again */
 	WRITE_ONCE(kmx_capturing, false);
 	kmx_probes_unregister(); /* waits for running probes (if still attached) */
+	mutex_unlock(&kmx_lock);
+	/* Only a forced unload gets here with files open: wait for them (see kmx_open_files). */
+	while (!wait_event_timeout(kmx_all_closed, atomic_read(&kmx_open_files) == 0, 10 * HZ))
+		pr_warn("kmx: forced unload waits for %d open file(s) of /dev/kmx to be closed\n",
+			atomic_read(&kmx_open_files));
 	kmx_free_buffers();
 }
 

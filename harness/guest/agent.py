@@ -20,6 +20,7 @@ from harness.guest.channel import Channel
 from harness.guest.container_suite import op_containers
 from harness.guest.ia32 import op_ia32
 from harness.guest.permission_suite import op_permissions
+from harness.guest.tamper_suite import op_tamper
 
 TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ HANDLERS: dict[str, Handler] = {
     "bench": op_bench,
     "containers": op_containers,
     "permissions": op_permissions,
+    "tamper": op_tamper,
 }
 
 
