@@ -71,3 +71,23 @@ def test_in_container_by_cgroup_or_by_pid_namespace(tmp_path: Path) -> None:
     assert attribute(root, 222, paths, 111)["in_container"]  # its own pid namespace: a container
     assert attribute(root, 111, paths, 111) == {"cgroup": "/", "container": None, "in_container": False}
     assert attribute(0, 0, paths, 111) == {"cgroup": None, "container": None, "in_container": False}
+
+
+def test_a_profile_runs_a_suite_on_fewer_architectures(tmp_path: Path) -> None:
+    import yaml
+
+    from harness.errors import ConfigError
+    from harness.matrix import load_matrix
+    from harness.paths import project_root
+
+    data = yaml.safe_load((project_root() / "matrix.yaml").read_text())
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    cells = load_matrix(path).cells("ci")
+    assert {c.arch for c in cells if c.suite == "tamper"} == {"x86_64"}
+    assert {c.arch for c in cells if c.suite == "containers"} == {"x86_64", "s390x"}
+    assert {c.arch for c in cells if c.suite == "capture"} == {"x86_64", "aarch64", "s390x"}
+    data["profiles"]["ci"]["suite_archs"]["tamper"] = ["riscv64"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match="profiles.ci.suite_archs.tamper"):
+        load_matrix(path)
