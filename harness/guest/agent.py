@@ -18,6 +18,7 @@ from harness.guest.bench import op_bench
 from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
 from harness.guest.ia32 import op_ia32
+from harness.guest.latency import op_stat
 
 TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ HANDLERS: dict[str, Handler] = {
     "capture": op_capture,
     "ia32": op_ia32,
     "bench": op_bench,
+    "stat": op_stat,
 }
 
 
