@@ -402,6 +402,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(run.status in ("pass", "skip") for run in results.runs) else 1
 
 
+def cmd_stat(args: argparse.Namespace) -> int:
+    """Per-syscall latency statistics of a whole guest from one driver; exit 1 when --verify fails."""
+    from harness.runner import new_run_dir
+    from harness.stat import StatOptions, check_options, render, run_stat_cell
+
+    options = StatOptions(by=args.by, duration_s=args.duration, verify=args.verify, repeats=args.repeats,
+                          slack_ms=args.slack_ms, command=tuple(args.command) if args.command else None)
+    if args.by == "container":  # before the workspace: nothing to fetch for a request that cannot be served
+        from harness.stat import CONTAINER_UNSUPPORTED
+
+        raise UsageError(CONTAINER_UNSUPPORTED, hint="use --by system or --by process")
+    ws = _workspace(args)
+    check_options(ws.matrix, args.driver, options)
+    out_dir = args.output or new_run_dir(None, "stat")
+    results = [run_stat_cell(ws, arch, ref, args.driver, out_dir, options)
+               for arch in _arch_list(args.arch) for ref in _kernel_refs(ws, arch, args.kernel)]
+    (out_dir / "stat.json").write_text(json.dumps([r.to_json() for r in results], indent=2))
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    elif not args.quiet:
+        for result in results:
+            out.print(render(result, limit=args.top))
+        out.print(f"results: {out_dir / 'stat.json'}")
+    return 0 if all(r.status in ("pass", "skip") for r in results) else 1
+
+
 def cmd_syscalls(args: argparse.Namespace) -> int:
     from harness.syscalls import cli_syscalls
 
@@ -513,6 +539,29 @@ def build_parser() -> Parser:
                         "real time, or auto: icount where the architecture's TCG supports it (default)")
     p.add_argument("-o", "--output", type=Path, default=None, help="output directory (default: runs/bench-*)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("stat", parents=[common],
+                       help="per-syscall latency (count, total, min/avg/max/p99) of a whole guest, like strace -c")
+    p.add_argument("--arch", required=True, help="an architecture, a comma list, or all")
+    p.add_argument("--kernel", default=None, help="a kernel (suite name or label), all, or a directory "
+                                                  "(default: the newest)")
+    p.add_argument("--driver", required=True, help="a driver of matrix.yaml read by the agent (kmod, bpf, modern_bpf)")
+    p.add_argument("--by", choices=("system", "process", "container"), default="system",
+                   help="group calls for the whole system or per process (container: not recorded by the drivers yet)")
+    p.add_argument("--duration", type=float, default=2.0,
+                   help="seconds to capture (at least; longer while --verify's workload or --command runs)")
+    p.add_argument("--verify", action="store_true",
+                   help="also run a known-duration workload (nanosleep 10 ms and 20 ms, a pipe read released after "
+                        "50 ms) and check each measured latency is >= requested and <= requested + --slack-ms")
+    p.add_argument("--repeats", type=int, default=5, help="with --verify: sleeps of each duration")
+    p.add_argument("--slack-ms", type=float, default=100.0,
+                   help="with --verify: how far a known call may overrun its requested time (default: 100, "
+                        "for QEMU TCG on a busy host)")
+    p.add_argument("command", nargs="*", metavar="-- COMMAND",
+                   help="after --: a program and its arguments to run in the guest as the load during the capture")
+    p.add_argument("--top", type=int, default=None, help="show at most this many syscalls per group")
+    p.add_argument("-o", "--output", type=Path, default=None, help="output directory (default: runs/stat-*)")
+    p.set_defaults(func=cmd_stat)
 
     p = sub.add_parser("syscalls", parents=[common], help="an architecture's syscall table (name -> number)")
     p.add_argument("--arch", required=True, help="x86_64, aarch64, s390x, ppc64le, riscv64, loongarch64, or x86 (ia32)")

@@ -19,6 +19,7 @@ from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
 from harness.guest.container_suite import op_containers
 from harness.guest.ia32 import op_ia32
+from harness.guest.latency import op_stat
 from harness.guest.permission_suite import op_permissions
 from harness.guest.tamper_suite import op_tamper
 
@@ -127,6 +128,7 @@ HANDLERS: dict[str, Handler] = {
     "containers": op_containers,
     "permissions": op_permissions,
     "tamper": op_tamper,
+    "stat": op_stat,
 }
 
 
