@@ -800,7 +800,8 @@ class Matrix(_Model):
             archs = profile.archs or list(self.architectures)
             for suite, suite_archs in profile.suite_archs.items():
                 if suite not in suites:
-                    raise MatrixProblem(f"profiles.{name}.suite_archs.{suite}", f"{suite!r} is not a suite of this profile",
+                    raise MatrixProblem(f"profiles.{name}.suite_archs.{suite}",
+                                        f"{suite!r} is not a suite of this profile",
                                         hint=_choices(suite, dict.fromkeys(suites), "in the profile"))
                 for index, arch in enumerate(suite_archs):
                     if arch not in archs:

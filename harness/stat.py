@@ -27,10 +27,6 @@ from harness.guest.latency import SLACK_NS
 from harness.matrix import Cell, KernelRef, Matrix
 
 BY_CHOICES = ("system", "process", "container")
-CONTAINER_UNSUPPORTED = (
-    "--by container needs container attribution (cgroup or namespace ids per event), which the drivers do not "
-    "record yet"
-)
 # The capture suite's applicability and runner serve stat cells (see the module's docstring).
 SUITE = "capture"
 GUEST_MARGIN_S = 180.0  # beyond the capture itself: loading the driver, the workload, pairing in Python
@@ -49,8 +45,6 @@ class StatOptions:
 
 def check_options(matrix: Matrix, driver: str, options: StatOptions) -> None:
     """Usage errors before anything is built or booted."""
-    if options.by == "container":
-        raise ConfigError(CONTAINER_UNSUPPORTED, hint="use --by system or --by process")
     if options.by not in BY_CHOICES:
         raise ConfigError(f"--by {options.by!r} is not one of {', '.join(BY_CHOICES)}")
     if driver not in matrix.drivers:

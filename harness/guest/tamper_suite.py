@@ -14,6 +14,7 @@ What an action removed is put back (the device node, the module) before the next
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -105,10 +106,8 @@ def _one(schema: Any, driver: str, artifact: str, name: str, argv: list[str]) ->
         if watch is not None:
             watch.stop()
         if device is not None:
-            try:
+            with contextlib.suppress(OSError):
                 device.close()
-            except OSError:
-                pass
         if driver == "kmod":
             _restore_kmod(module, device_node)
 

@@ -97,7 +97,7 @@ def _map_ids(lib: ctypes.CDLL, prog_fd: int) -> list[int]:
 
 def _retarget(prefix: str) -> int:
     lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    done = []
+    done: list[str] = []
     for _link_id, fd, prog_id in _kmx_links(lib, prefix):
         os.close(fd)
         prog_fd = lib.bpf_prog_get_fd_by_id(prog_id)
