@@ -98,6 +98,8 @@ def stat_table(rows: list[dict[str, Any]], by: str, title: str, limit: int | Non
     if by == "process":
         table.add_column("pid", justify="right")
         table.add_column("comm")
+    elif by == "container":
+        table.add_column("container")
     for column in ("% time", "total ms", "calls", "errors", "min us", "avg us", "max us", "p99 us", "syscall"):
         table.add_column(column, justify="left" if column == "syscall" else "right")
     totals: dict[str, int] = {}
@@ -113,6 +115,8 @@ def stat_table(rows: list[dict[str, Any]], by: str, title: str, limit: int | Non
                  _us(row["min_ns"]), _us(row["avg_ns"]), _us(row["max_ns"]), _us(row["p99_ns"]), row["syscall"]]
         if by == "process":
             cells = [str(row.get("pid", row["group"])), str(row.get("comm", "?")), *cells]
+        elif by == "container":
+            cells = [row["group"], *cells]
         table.add_row(*cells)
     return table
 

@@ -29,7 +29,7 @@ from harness.guest.latency import (
 )
 from harness.guest.schema import load_schema
 from harness.matrix import load_matrix
-from harness.stat import StatOptions, check_options, render
+from harness.stat import StatOptions, check_options, render, stat_table
 
 ENTER, EXIT = 1, 2
 NR = {"read": 0, "write": 1, "close": 3, "nanosleep": 35, "exit_group": 231, "getpid": 39}
@@ -322,3 +322,13 @@ def test_render_shows_rows_unpaired_and_verification() -> None:
     assert "nanosleep" in text and "p99 us" in text and "% time" in text
     assert "1 exits without enter" in text and "exit_group 1" in text and "never return" in text
     assert f"requested + {SLACK_NS // MS} ms" in text and "pass" in text
+
+
+def test_render_names_each_rows_container() -> None:
+    calls = [Call(100, 100, NR["read"], 0, 10_000, 1, 0, cgroup_id=7, pidns=1),
+             Call(300, 300, NR["read"], 0, 50_000, 1, 0, cgroup_id=9, pidns=2)]
+    rows = summarize(calls, "container", NAMES, containers={(7, 1): "host", (9, 2): "docker:0123456789ab"})
+    console = Console(record=True, width=200)
+    console.print(stat_table(rows, "container", "t"))
+    text = console.export_text()
+    assert "docker:0123456789ab" in text and "host" in text
