@@ -134,8 +134,33 @@ def run_ia32_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None
                             params={"tools": "/" + GUEST_TOOLS_DIR}, with_ia32_tools=True, target=target)
 
 
+def run_containers_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
+                        timeout_s: float = 300, target: str | None = None) -> CellResult:
+    """The container suite: processes in each runtime's cgroup layout and a new pid namespace must be
+    attributed to their container from the events alone (harness/guest/container_suite.py)."""
+    return _run_guest_suite(ws, cell, run_dir, fault=fault, op="containers", timeout_s=timeout_s, params={},
+                            target=target)
+
+
+def run_permissions_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
+                         timeout_s: float = 300, target: str | None = None) -> CellResult:
+    """The permission suite: an unprivileged user is refused the driver, and reads it with the device's
+    group (kmod) or exactly CAP_BPF and CAP_PERFMON (modern BPF) (harness/guest/permission_suite.py)."""
+    return _run_guest_suite(ws, cell, run_dir, fault=fault, op="permissions", timeout_s=timeout_s, params={},
+                            target=target)
+
+
+def run_tamper_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
+                    timeout_s: float = 300, target: str | None = None) -> CellResult:
+    """The tamper suite: the agent's watch mode alerts within 5 s when another process takes the driver
+    away, and says which attempts the kernel refused (harness/guest/tamper_suite.py)."""
+    return _run_guest_suite(ws, cell, run_dir, fault=fault, op="tamper", timeout_s=timeout_s, params={},
+                            target=target)
+
+
 # Suites with a runner, by name.
-SUITE_RUNNERS = {"capture": run_capture_cell, "ia32": run_ia32_cell}
+SUITE_RUNNERS = {"capture": run_capture_cell, "ia32": run_ia32_cell, "containers": run_containers_cell,
+                 "permissions": run_permissions_cell, "tamper": run_tamper_cell}
 
 
 def _ia32_tool_files(ws: Workspace, result: CellResult) -> list[tuple[Path, str, int]]:

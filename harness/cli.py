@@ -409,10 +409,6 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
     options = StatOptions(by=args.by, duration_s=args.duration, verify=args.verify, repeats=args.repeats,
                           slack_ms=args.slack_ms, command=tuple(args.command) if args.command else None)
-    if args.by == "container":  # before the workspace: nothing to fetch for a request that cannot be served
-        from harness.stat import CONTAINER_UNSUPPORTED
-
-        raise UsageError(CONTAINER_UNSUPPORTED, hint="use --by system or --by process")
     ws = _workspace(args)
     check_options(ws.matrix, args.driver, options)
     out_dir = args.output or new_run_dir(None, "stat")
@@ -547,7 +543,8 @@ def build_parser() -> Parser:
                                                   "(default: the newest)")
     p.add_argument("--driver", required=True, help="a driver of matrix.yaml read by the agent (kmod, bpf, modern_bpf)")
     p.add_argument("--by", choices=("system", "process", "container"), default="system",
-                   help="group calls for the whole system or per process (container: not recorded by the drivers yet)")
+                   help="group calls for the whole system, per process, or per container (runtime:id, host, or "
+                        "pidns:<inode> for a pid namespace outside any container cgroup)")
     p.add_argument("--duration", type=float, default=2.0,
                    help="seconds to capture (at least; longer while --verify's workload or --command runs)")
     p.add_argument("--verify", action="store_true",

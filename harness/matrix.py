@@ -598,6 +598,8 @@ class ProfileSpec(_Model):
     archs: Annotated[list[ArchName], AfterValidator(_nonempty_unique("architecture"))] | None = None
     drivers: Annotated[list[str], AfterValidator(_nonempty_unique("driver"))] | None = None
     suites: Annotated[list[str], AfterValidator(_nonempty_unique("suite"))] | None = None
+    # A suite run on fewer of the profile's architectures (CI keeps the slow suites to one or two).
+    suite_archs: dict[str, Annotated[list[ArchName], AfterValidator(_nonempty_unique("architecture"))]] = {}
 
 
 def _check_consumer(name: str, consumer: ConsumerSpec) -> None:
@@ -794,6 +796,18 @@ class Matrix(_Model):
                             f"{value!r} is not {what}",
                             hint=_choices(value, known, "defined"),
                         )
+            suites = profile.suites or list(self.suites)
+            archs = profile.archs or list(self.architectures)
+            for suite, suite_archs in profile.suite_archs.items():
+                if suite not in suites:
+                    raise MatrixProblem(f"profiles.{name}.suite_archs.{suite}",
+                                        f"{suite!r} is not a suite of this profile",
+                                        hint=_choices(suite, dict.fromkeys(suites), "in the profile"))
+                for index, arch in enumerate(suite_archs):
+                    if arch not in archs:
+                        raise MatrixProblem(f"profiles.{name}.suite_archs.{suite}[{index}]",
+                                            f"{arch!r} is not an architecture of this profile",
+                                            hint=_choices(arch, dict.fromkeys(archs), "in the profile"))
         return self
 
     # ---- lookups
@@ -897,6 +911,8 @@ class Matrix(_Model):
                 for kernel in chosen:
                     kernel_index = kernels.index(kernel)
                     for suite_index, suite in enumerate(sel_suites):
+                        if suite in spec.suite_archs and arch not in spec.suite_archs[suite]:
+                            continue
                         cell = Cell(arch, kernel, driver, suite, declared)
                         out.append(((arch_index, kernel_index, driver_index, suite_index), cell))
         return [cell for _, cell in sorted(out, key=lambda item: item[0])]

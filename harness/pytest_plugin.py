@@ -66,6 +66,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             pytest.param(cell, id=cell.id, marks=[getattr(pytest.mark, f"arch_{cell.arch}")])  # type: ignore[attr-defined]
             for cell in cells
         ])
+    for suite in ("containers", "permissions"):
+        if f"{suite}_cell" in metafunc.fixturenames:
+            cells = selected_cells(metafunc.config, None, suite)
+            metafunc.parametrize(f"{suite}_cell", [
+                pytest.param(cell, id=cell.id, marks=[getattr(pytest.mark, f"arch_{cell.arch}")])  # type: ignore[attr-defined]
+                for cell in cells
+            ])
     if "ia32_cell" in metafunc.fixturenames:
         cells = [c for c in selected_cells(metafunc.config, None, "ia32") if c.arch == "x86_64"]  # type: ignore[attr-defined]
         metafunc.parametrize("ia32_cell", [pytest.param(cell, id=cell.id) for cell in cells])  # type: ignore[attr-defined]

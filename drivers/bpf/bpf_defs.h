@@ -29,6 +29,7 @@ static long (*bpf_probe_read_user_str)(void *dst, __u32 size, const void *unsafe
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
 static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)BPF_FUNC_get_current_pid_tgid;
 static __u64 (*bpf_get_current_task)(void) = (void *)BPF_FUNC_get_current_task;
+static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)BPF_FUNC_get_current_cgroup_id; /* 4.18 */
 static long (*bpf_perf_event_output)(void *ctx, void *map, __u64 flags, void *data, __u64 size) =
 	(void *)BPF_FUNC_perf_event_output;
 

@@ -26,6 +26,8 @@
 #include <linux/version.h>
 #include <linux/sched.h>
 #include <linux/ptrace.h>
+#include <linux/pid.h>
+#include <linux/pid_namespace.h>
 #include <asm/ptrace.h>
 
 #include "bpf_defs.h"
@@ -39,6 +41,35 @@
 	bpf_probe_read_kernel((dst), sizeof(*(dst)), (const char *)(base) + __builtin_offsetof(type, member))
 
 #define KMX_FIELD(type, member) typeof(((type *)0)->member)
+
+/*
+ * Container attribution (kmx_events.h), as the module's kmx_cgroup_id() / kmx_pidns_inum():
+ * bpf_get_current_cgroup_id() gives the cgroup v2 id; the active pid namespace is the one of the
+ * task's pid at that pid's own level, task->thread_pid->numbers[level].ns (thread_pid since 4.19,
+ * pids[PIDTYPE_PID].pid before).
+ */
+static __always_inline __u32 kmx_pidns_inum(const struct task_struct *task)
+{
+	struct pid *pid = NULL;
+	struct pid_namespace *ns = NULL;
+	unsigned int level = 0, inum = 0;
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(4, 19, 0)
+	if (kmx_kread(&pid, task, struct task_struct, thread_pid) || !pid)
+		return 0;
+#else
+	if (kmx_kread(&pid, task, struct task_struct, pids[PIDTYPE_PID].pid) || !pid)
+		return 0;
+#endif
+	if (kmx_kread(&level, pid, struct pid, level))
+		return 0;
+	if (bpf_probe_read_kernel(&ns, sizeof(ns), (const char *)pid + __builtin_offsetof(struct pid, numbers) +
+				  (level & 31) * sizeof(struct upid) + __builtin_offsetof(struct upid, ns)) || !ns)
+		return 0;
+	if (kmx_kread(&inum, ns, struct pid_namespace, ns.inum))
+		return 0;
+	return inum;
+}
 
 /* thread_info.flags of a task, 0 when it cannot be read. */
 static __always_inline unsigned long kmx_ti_flags(const struct task_struct *task)

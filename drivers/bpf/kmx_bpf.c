@@ -437,6 +437,15 @@ static __always_inline void kmx_emit(void *ctx, struct kmx_scratch *s, const __u
 	hdr.len = len;
 	hdr.type = type | (s->st.ia32 ? KMX_EVT_F_IA32 : 0);
 	hdr.nparams = (__u16)nparams;
+#ifdef KMX_FAULT_NO_CONTAINER
+	/* Test-only fault (fault="no_container"): the container suite must fail. */
+	hdr.cgroup_id = 0;
+	hdr.pidns = 0;
+#else
+	hdr.cgroup_id = bpf_get_current_cgroup_id();
+	hdr.pidns = kmx_pidns_inum((const struct task_struct *)bpf_get_current_task());
+#endif
+	hdr.reserved = 0;
 	__builtin_memcpy(s->ev, &hdr, sizeof(hdr));
 
 	KMX_BOUND(len, KMX_EV_MASK);

@@ -32,8 +32,14 @@
 
 #include <linux/types.h>
 
-#define KMX_SCHEMA_VERSION 2
+#define KMX_SCHEMA_VERSION 3
 
+/*
+ * Container attribution travels in every header: the task's cgroup on the default (v2) hierarchy
+ * by id, which on 64-bit kernels is the inode number of its directory under a cgroup2 mount (the
+ * agent maps it to the path, and the path to a container), and the inode number of its active
+ * pid namespace (/proc/PID/ns/pid). Either is 0 where the driver cannot read it on that kernel.
+ */
 struct kmx_event_hdr {
 	__u64 ts_ns;    /* CLOCK_MONOTONIC nanoseconds (ktime_get_ns, bpf_ktime_get_ns) */
 	__u64 tid;      /* thread id (kernel pid) */
@@ -41,11 +47,14 @@ struct kmx_event_hdr {
 	__u32 len;      /* whole event: header, lengths, params, padding */
 	__u16 type;     /* KMX_EVT_* */
 	__u16 nparams;
+	__u64 cgroup_id; /* cgroup v2 id (kernfs node id) of the task, 0: unknown */
+	__u32 pidns;    /* inode number of the task's active pid namespace, 0: unknown */
+	__u32 reserved; /* 0 */
 } __attribute__((packed));
 
-#define KMX_HDR_SIZE 32
+#define KMX_HDR_SIZE 48
 /* struct module format of the header for decoders (native byte order): */
-#define KMX_HDR_FORMAT "QQQIHH"
+#define KMX_HDR_FORMAT "QQQIHHQII"
 #define KMX_ALIGN 8
 
 /* Event types */
@@ -151,6 +160,18 @@ struct kmx_event_hdr {
 #define KMX_IOCTL_GET_STATS 5  /* _IOWR struct kmx_cpu_stats (cpu filled in by the caller) */
 #define KMX_IOCTL_SET_FILTER_TGID 6 /* _IOW __u64: 0 captures every process */
 #define KMX_IOCTL_SET_SAMPLING 7 /* _IOW __u32 N: keep 1 in N syscalls (enter and exit together); 0, 1: all */
+#define KMX_IOCTL_SET_TAIL 8   /* _IOW struct kmx_tail: a consumer with a read-only mapping gives space back */
+
+/*
+ * Who may open /dev/kmx: the module's device_gid and device_mode parameters (default root:root
+ * 0640). A member of that group opens it read-only, maps the buffers read-only and publishes its
+ * tail with SET_TAIL; root (or any writer) may map read-write and store the tail itself.
+ */
+struct kmx_tail {
+	__u32 cpu;
+	__u32 reserved;        /* 0 */
+	__u64 tail;            /* next read offset in the CPU's data area (a multiple of KMX_ALIGN) */
+};
 
 struct kmx_info {
 	__u32 schema_version;

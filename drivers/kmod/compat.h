@@ -16,6 +16,8 @@
 #include <linux/sched.h>
 #include <linux/tracepoint.h>
 #include <linux/uaccess.h>
+#include <linux/cgroup.h>
+#include <linux/pid_namespace.h>
 #include <asm/syscall.h>
 
 /*
@@ -44,6 +46,47 @@ static inline long kmx_strncpy_nofault(char *dst, const char __user *src, long c
 	pagefault_enable();
 	return ret;
 }
+
+/*
+ * Container attribution (kmx_events.h): the current task's cgroup v2 id, which is its kernfs node
+ * id (cgroup_id() since 5.5; 0 before, or without CONFIG_CGROUPS), and the inode number of its
+ * active pid namespace (task_active_pid_ns() is exported; NULL for a task past exit_notify()).
+ */
+static inline u64 kmx_cgroup_id(void)
+{
+#if defined(CONFIG_CGROUPS) && LINUX_VERSION_CODE >= KERNEL_VERSION(5, 5, 0)
+	u64 id;
+
+	rcu_read_lock();
+	id = cgroup_id(task_dfl_cgroup(current));
+	rcu_read_unlock();
+	return id;
+#else
+	return 0;
+#endif
+}
+
+static inline u32 kmx_pidns_inum(void)
+{
+	struct pid_namespace *ns = task_active_pid_ns(current);
+
+	return ns ? ns->ns.inum : 0;
+}
+
+/*
+ * The device: class_create() lost its owner argument in 6.4, device_type.devnode() took a const
+ * device in 6.2.
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 4, 0)
+#define kmx_class_create(name) class_create(THIS_MODULE, (name))
+#else
+#define kmx_class_create(name) class_create(name)
+#endif
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 2, 0)
+#define KMX_DEVNODE_CONST
+#else
+#define KMX_DEVNODE_CONST const
+#endif
 
 /*
  * Probe context. Older kernels (6.12 and before here) call raw_syscalls probes with preemption

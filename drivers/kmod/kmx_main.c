@@ -6,9 +6,10 @@
  * CPU's buffer, ioctls). kmx_probe.c: the tracepoint probes that write events.
  * The event format, the buffer layout and the ioctls are drivers/common/kmx_events.h.
  */
+#include <linux/cdev.h>
 #include <linux/cpumask.h>
+#include <linux/device.h>
 #include <linux/fs.h>
-#include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -26,6 +27,7 @@
 #define KMX_IOC_GET_STATS _IOWR(KMX_IOCTL_MAGIC, KMX_IOCTL_GET_STATS, struct kmx_cpu_stats)
 #define KMX_IOC_SET_FILTER_TGID _IOW(KMX_IOCTL_MAGIC, KMX_IOCTL_SET_FILTER_TGID, __u64)
 #define KMX_IOC_SET_SAMPLING _IOW(KMX_IOCTL_MAGIC, KMX_IOCTL_SET_SAMPLING, __u32)
+#define KMX_IOC_SET_TAIL _IOW(KMX_IOCTL_MAGIC, KMX_IOCTL_SET_TAIL, struct kmx_tail)
 
 #define KMX_MIN_BUFFER (64UL << 10)
 #define KMX_MAX_BUFFER (1UL << 30)
@@ -37,6 +39,14 @@ MODULE_PARM_DESC(buffer_bytes, "data area per CPU in bytes (rounded up to the pa
 static unsigned int snaplen = KMX_SNAPLEN_DEFAULT;
 module_param(snaplen, uint, 0444);
 MODULE_PARM_DESC(snaplen, "bytes copied per buffer or string (1..4096; the SET_SNAPLEN ioctl changes it)");
+
+static unsigned int device_gid;
+module_param(device_gid, uint, 0444);
+MODULE_PARM_DESC(device_gid, "group owning /dev/kmx (default 0, root); its members open it read-only");
+
+static unsigned int device_mode = 0640;
+module_param(device_mode, uint, 0444);
+MODULE_PARM_DESC(device_mode, "permission bits of /dev/kmx (default 0640: root reads and writes, the group reads)");
 
 static unsigned int sample_every = 1;
 module_param(sample_every, uint, 0444);
@@ -51,6 +61,17 @@ bool kmx_capturing;
 
 static u64 kmx_stride;
 static DEFINE_MUTEX(kmx_lock);
+
+/*
+ * Open files of /dev/kmx (mappings hold theirs). A plain rmmod cannot run while one is open (each
+ * holds a module reference), but a forced one (rmmod -f, CONFIG_MODULE_FORCE_UNLOAD) can: then
+ * kmx_exit() waits for them to close before freeing anything their ioctls, mappings or release
+ * still reach, and ioctls fail with ENODEV meanwhile. A consumer sees the module "going" in
+ * /sys/module/kmx/initstate and should close.
+ */
+static atomic_t kmx_open_files = ATOMIC_INIT(0);
+static DECLARE_WAIT_QUEUE_HEAD(kmx_all_closed);
+static bool kmx_going;
 
 static u32 kmx_clamp_snaplen(u64 value)
 {
@@ -84,6 +105,10 @@ static long kmx_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	long ret = 0;
 
 	mutex_lock(&kmx_lock);
+	if (kmx_going) {
+		mutex_unlock(&kmx_lock);
+		return -ENODEV;
+	}
 	switch (cmd) {
 	case KMX_IOC_START:
 		if (!READ_ONCE(kmx_capturing)) {
@@ -126,6 +151,23 @@ static long kmx_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			ret = -EFAULT;
 		else
 			WRITE_ONCE(kmx_sample_every, value);
+		break;
+	}
+	case KMX_IOC_SET_TAIL: {
+		struct kmx_tail value;
+		struct kmx_cpu_buf *buf;
+
+		if (copy_from_user(&value, uarg, sizeof(value))) {
+			ret = -EFAULT;
+			break;
+		}
+		if (value.cpu >= nr_cpu_ids || !cpu_possible(value.cpu) || value.tail >= kmx_size ||
+		    (value.tail & (KMX_ALIGN - 1))) {
+			ret = -EINVAL;
+			break;
+		}
+		buf = per_cpu_ptr(kmx_bufs, value.cpu);
+		smp_store_release(&buf->ctrl->tail, value.tail); /* the consumer is done with the bytes before it */
 		break;
 	}
 	case KMX_IOC_GET_INFO: {
@@ -185,20 +227,108 @@ static int kmx_mmap(struct file *file, struct vm_area_struct *vma)
 	return remap_vmalloc_range(vma, per_cpu_ptr(kmx_bufs, cpu)->mem, 0);
 }
 
+static int kmx_open(struct inode *inode, struct file *file)
+{
+	atomic_inc(&kmx_open_files);
+	return 0;
+}
+
+static int kmx_release(struct inode *inode, struct file *file)
+{
+	if (atomic_dec_and_test(&kmx_open_files))
+		wake_up(&kmx_all_closed);
+	return 0;
+}
+
 static const struct file_operations kmx_fops = {
 	.owner = THIS_MODULE,
+	.open = kmx_open,
+	.release = kmx_release,
 	.unlocked_ioctl = kmx_ioctl,
 	.compat_ioctl = KMX_COMPAT_IOCTL,
 	.mmap = kmx_mmap,
 	.llseek = noop_llseek,
 };
 
-static struct miscdevice kmx_misc = {
-	.minor = MISC_DYNAMIC_MINOR,
+/*
+ * /dev/kmx: a character device of its own class, whose device type names the node's group and
+ * mode (devtmpfs creates it with them; a misc device can set the mode only).
+ */
+static dev_t kmx_devt;
+static struct cdev kmx_cdev;
+static struct class *kmx_class;
+static struct device *kmx_device;
+
+static char *kmx_devnode(KMX_DEVNODE_CONST struct device *dev, umode_t *mode, kuid_t *uid, kgid_t *gid)
+{
+	if (mode)
+		*mode = device_mode & 0777;
+#ifdef KMX_FAULT_OPEN_DEVICE
+	if (mode)
+		*mode = 0666; /* Test-only fault: the permission suite must fail. */
+#endif
+	if (gid)
+		*gid = KGIDT_INIT(device_gid);
+	return NULL;
+}
+
+static const struct device_type kmx_devtype = {
 	.name = KMX_DEVICE_NAME,
-	.fops = &kmx_fops,
-	.mode = 0600,
+	.devnode = kmx_devnode,
 };
+
+static void kmx_device_release(struct device *dev)
+{
+	kfree(dev);
+}
+
+static int kmx_device_create(void)
+{
+	int ret;
+
+	ret = alloc_chrdev_region(&kmx_devt, 0, 1, KMX_DEVICE_NAME);
+	if (ret)
+		return ret;
+	kmx_class = kmx_class_create(KMX_DEVICE_NAME);
+	if (IS_ERR(kmx_class)) {
+		ret = PTR_ERR(kmx_class);
+		goto unregister;
+	}
+	cdev_init(&kmx_cdev, &kmx_fops);
+	kmx_cdev.owner = THIS_MODULE;
+	kmx_device = kzalloc(sizeof(*kmx_device), GFP_KERNEL);
+	if (!kmx_device) {
+		ret = -ENOMEM;
+		goto destroy_class;
+	}
+	device_initialize(kmx_device);
+	kmx_device->devt = kmx_devt;
+	kmx_device->class = kmx_class;
+	kmx_device->type = &kmx_devtype;
+	kmx_device->release = kmx_device_release;
+	ret = dev_set_name(kmx_device, KMX_DEVICE_NAME);
+	if (!ret)
+		ret = cdev_device_add(&kmx_cdev, kmx_device);
+	if (ret) {
+		put_device(kmx_device);
+		goto destroy_class;
+	}
+	return 0;
+
+destroy_class:
+	class_destroy(kmx_class);
+unregister:
+	unregister_chrdev_region(kmx_devt, 1);
+	return ret;
+}
+
+static void kmx_device_destroy(void)
+{
+	cdev_device_del(&kmx_cdev, kmx_device);
+	put_device(kmx_device);
+	class_destroy(kmx_class);
+	unregister_chrdev_region(kmx_devt, 1);
+}
 
 static void kmx_free_buffers(void)
 {
@@ -269,7 +399,7 @@ static int __init kmx_init(void)
 	ret = kmx_probes_find();
 	if (ret)
 		goto free;
-	ret = misc_register(&kmx_misc);
+	ret = kmx_device_create();
 	if (ret)
 		goto free;
 	pr_info("kmx: %u possible CPUs, %llu bytes per buffer, map stride %llu\n", nr_cpu_ids, kmx_size, kmx_stride);
@@ -282,9 +412,16 @@ free:
 
 static void __exit kmx_exit(void)
 {
-	misc_deregister(&kmx_misc);
+	kmx_device_destroy();
+	mutex_lock(&kmx_lock);
+	kmx_going = true; /* no ioctl starts a capture again */
 	WRITE_ONCE(kmx_capturing, false);
 	kmx_probes_unregister(); /* waits for running probes (if still attached) */
+	mutex_unlock(&kmx_lock);
+	/* Only a forced unload gets here with files open: wait for them (see kmx_open_files). */
+	while (!wait_event_timeout(kmx_all_closed, atomic_read(&kmx_open_files) == 0, 10 * HZ))
+		pr_warn("kmx: forced unload waits for %d open file(s) of /dev/kmx to be closed\n",
+			atomic_read(&kmx_open_files));
 	kmx_free_buffers();
 }
 

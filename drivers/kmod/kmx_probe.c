@@ -384,6 +384,14 @@ static void kmx_emit(struct pt_regs *regs, u16 type, long nr, long ret)
 	hdr.len = ALIGN(w.pos, KMX_ALIGN);
 	hdr.type = type | (ia32 ? KMX_EVT_F_IA32 : 0);
 	hdr.nparams = nparams;
+	hdr.cgroup_id = kmx_cgroup_id();
+	hdr.pidns = kmx_pidns_inum();
+	hdr.reserved = 0;
+#ifdef KMX_FAULT_NO_CONTAINER
+	/* Test-only fault (fault="no_container"): the container suite must fail. */
+	hdr.cgroup_id = 0;
+	hdr.pidns = 0;
+#endif
 	memcpy(w.base, &hdr, sizeof(hdr));
 	if (hdr.len > w.pos)
 		memset(w.base + w.pos, 0, hdr.len - w.pos);

@@ -301,6 +301,22 @@ static __always_inline bool kmx_wanted(__u64 pid_tgid)
 	return (__u64)BPF_CORE_READ(task, real_parent, tgid) == filter;
 }
 
+/*
+ * Container attribution (kmx_events.h): the inode number of the task's active pid namespace,
+ * task->thread_pid->numbers[level].ns (CO-RE: the kernels here all have thread_pid, 4.19+).
+ */
+static __always_inline __u32 kmx_pidns_inum(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	unsigned int level;
+
+	if (!pid)
+		return 0;
+	level = BPF_CORE_READ(pid, level) & 31;
+	return BPF_CORE_READ(pid, numbers[level].ns, ns.inum);
+}
+
 static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, long ret, __u64 pid_tgid)
 {
 	struct kmx_modern_counters *count;
@@ -418,6 +434,15 @@ static __always_inline void kmx_emit(struct pt_regs *regs, __u16 type, long nr, 
 	hdr->len = len;
 	hdr->type = type | (ia32 ? KMX_EVT_F_IA32 : 0);
 	hdr->nparams = nparams;
+#ifdef KMX_FAULT_NO_CONTAINER
+	/* Test-only fault (fault="no_container"): the container suite must fail. */
+	hdr->cgroup_id = 0;
+	hdr->pidns = 0;
+#else
+	hdr->cgroup_id = bpf_get_current_cgroup_id();
+	hdr->pidns = kmx_pidns_inum();
+#endif
+	hdr->reserved = 0;
 
 	len = kmx_pos(len);
 	if (bpf_ringbuf_output(&events, area->data, len, 0)) {

@@ -35,6 +35,9 @@ struct kmx_hdr_words {
 	__u32 len;
 	__u16 type;
 	__u16 nparams;
+	__u64 cgroup_id;
+	__u32 pidns;
+	__u32 reserved;
 };
 
 /* Per-CPU scratch area: positions are masked to KMX_SCRATCH_MASK, lengths to KMX_LEN_MASK. */

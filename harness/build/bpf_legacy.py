@@ -52,7 +52,8 @@ BUILD_FORMAT = 1  # bump when the build directory layout or the compile commands
 OBJECT_NAME = "kmx_bpf.o"
 SOURCE_NAME = "kmx_bpf.c"
 DECODE_HEADER = "kmx_decode.h"
-FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("-DKMX_FAULT_SWAP_ARGS",), "no_ia32": ("-DKMX_FAULT_NO_IA32",)}
+FAULTS: dict[str, tuple[str, ...]] = {"swap_args": ("-DKMX_FAULT_SWAP_ARGS",), "no_ia32": ("-DKMX_FAULT_NO_IA32",),
+                                      "no_container": ("-DKMX_FAULT_NO_CONTAINER",)}
 # The architectures the legacy probe supports (matrix.yaml's `bpf` driver): no riscv64, loongarch64.
 LEGACY_ARCHS = ("x86_64", "aarch64", "s390x", "ppc64le")
 # Front-end triple: the kernel's own architecture (its headers' inline assembly and types).

@@ -44,6 +44,7 @@ BUILD_FORMAT = 1  # bump when the build directory layout or the compile command 
 FAULTS: dict[str, tuple[str, ...]] = {
     "swap_args": ("-DKMX_FAULT_SWAP_ARGS",),
     "no_ia32": ("-DKMX_FAULT_NO_IA32",),
+    "no_container": ("-DKMX_FAULT_NO_CONTAINER",),
     "verifier_reject": ("-DKMX_FAULT_VERIFIER_REJECT",),  # test-only: a program the verifier refuses
 }
 OBJECT_NAME = "kmx_modern.bpf.o"

@@ -43,6 +43,8 @@ BUILD_FORMAT = 1  # bump when the build root layout or make invocation changes
 FAULTS: dict[str, tuple[str, ...]] = {
     "swap_args": ("KMX_FAULT_SWAP_ARGS=y",),
     "no_ia32": ("KMX_FAULT_NO_IA32=y",),
+    "no_container": ("KMX_FAULT_NO_CONTAINER=y",),
+    "open_device": ("KMX_FAULT_OPEN_DEVICE=y",),
     "oops_on_load": ("KMX_FAULT_OOPS_ON_LOAD=y",),
     # modpost refuses a module with an undefined symbol unless told to warn: the module must link.
     "unknown_symbol": ("KMX_FAULT_UNKNOWN_SYMBOL=y", "KBUILD_MODPOST_WARN=1"),

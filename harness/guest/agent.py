@@ -17,8 +17,11 @@ import traceback
 from harness.guest.bench import op_bench
 from harness.guest.capture import op_capture
 from harness.guest.channel import Channel
+from harness.guest.container_suite import op_containers
 from harness.guest.ia32 import op_ia32
 from harness.guest.latency import op_stat
+from harness.guest.permission_suite import op_permissions
+from harness.guest.tamper_suite import op_tamper
 
 TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
 if TYPE_CHECKING:
@@ -122,6 +125,9 @@ HANDLERS: dict[str, Handler] = {
     "capture": op_capture,
     "ia32": op_ia32,
     "bench": op_bench,
+    "containers": op_containers,
+    "permissions": op_permissions,
+    "tamper": op_tamper,
     "stat": op_stat,
 }
 

@@ -15,6 +15,7 @@ _INFO = struct.Struct("=IIQQII")
 _STATS = struct.Struct("=IIQQQ")
 _U64 = struct.Struct("=Q")
 _LEN_TYPE = struct.Struct("=IH")  # kmx_event_hdr.len and .type, at offset 24
+_TAIL = struct.Struct("=IIQ")  # struct kmx_tail
 
 
 def ioctl_number(machine: str, direction: str, magic: int, nr: int, size: int) -> int:
@@ -50,7 +51,13 @@ class KmxDevice:
     def __init__(self, schema: Schema, path: str = "/dev/kmx") -> None:
         self.schema = schema
         self.machine = os.uname().machine
-        self.fd = os.open(path, os.O_RDWR)
+        try:
+            self.fd = os.open(path, os.O_RDWR)
+            self.read_only = False
+        except PermissionError:
+            # A member of the device's group (device_gid): read-only, the tail goes back by ioctl.
+            self.fd = os.open(path, os.O_RDONLY)
+            self.read_only = True
         self.decoder = Decoder(schema)
         self.ctrl = schema.const("KMX_CTRL_SIZE")
         self.info = self.get_info()
@@ -58,7 +65,8 @@ class KmxDevice:
         for cpu in range(self.info.ncpus):
             try:
                 self.maps[cpu] = mmap.mmap(
-                    self.fd, self.ctrl + self.info.buffer_bytes, offset=cpu * self.info.map_stride
+                    self.fd, self.ctrl + self.info.buffer_bytes, offset=cpu * self.info.map_stride,
+                    prot=mmap.PROT_READ if self.read_only else mmap.PROT_READ | mmap.PROT_WRITE,
                 )
             except OSError:
                 continue  # a possible but absent CPU has no buffer
@@ -101,6 +109,13 @@ class KmxDevice:
             result.append(CpuStats(values[0], bool(values[1]), values[2], values[3], values[4]))
         return result
 
+    def _give_back(self, cpu: int, area: mmap.mmap, tail: int) -> None:
+        """Publish the consumer's tail: a store into the control page, or SET_TAIL when mapped read-only."""
+        if self.read_only:
+            fcntl.ioctl(self.fd, self._nr("SET_TAIL", "w", _TAIL.size), _TAIL.pack(cpu, 0, tail))
+        else:
+            _U64.pack_into(area, 8, tail)
+
     def drain_cpu(self, cpu: int, limit: int | None = None) -> list[Event]:
         """Read what the producer has published on one CPU and give the space back."""
         area = self.maps[cpu]
@@ -119,7 +134,7 @@ class KmxDevice:
             event, length = self.decoder.decode(area, self.ctrl + tail, cpu)
             events.append(event)
             tail = (tail + length) % size
-        _U64.pack_into(area, 8, tail)
+        self._give_back(cpu, area, tail)
         return events
 
     def consume_counts(self, limit: int | None = None) -> tuple[int, int, float]:
@@ -128,7 +143,7 @@ class KmxDevice:
         size = self.info.buffer_bytes
         events = nbytes = 0
         fill = 0.0
-        for area in self.maps.values():
+        for cpu, area in self.maps.items():
             head = _U64.unpack_from(area, 0)[0]
             tail = _U64.unpack_from(area, 8)[0]
             fill = max(fill, ((head - tail) % size) / size)
@@ -144,7 +159,7 @@ class KmxDevice:
                 taken += 1
                 nbytes += length
                 tail = (tail + length) % size
-            _U64.pack_into(area, 8, tail)
+            self._give_back(cpu, area, tail)
             events += taken
         return events, nbytes, fill
 

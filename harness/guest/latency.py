@@ -62,7 +62,7 @@ DEFAULT_REPEATS = 5
 # catches a latency off by a unit (us for ms) or paired with the wrong exit over the whole sequence.
 SLACK_NS = 100_000_000
 DRAIN_INTERVAL_S = 0.05
-BY_CHOICES = ("system", "process")
+BY_CHOICES = ("system", "process", "container")
 # Calls that do not return to their caller: an enter without an exit (or followed by the thread's
 # next enter, for the sigreturns) is their nature, reported apart as expected.
 NO_RETURN = ("exit", "exit_group", "rt_sigreturn", "sigreturn")
@@ -83,11 +83,13 @@ def nearest_rank(sorted_values: Sequence[int], percentile: float) -> int:
 class Call:
     """One paired syscall."""
 
-    __slots__ = ("arg0", "enter_ns", "exit_ns", "nr", "pid", "ret", "tid")
+    __slots__ = ("arg0", "cgroup_id", "enter_ns", "exit_ns", "nr", "pid", "pidns", "ret", "tid")
 
-    def __init__(self, pid: int, tid: int, nr: int, enter_ns: int, exit_ns: int, ret: int, arg0: int | None) -> None:
+    def __init__(self, pid: int, tid: int, nr: int, enter_ns: int, exit_ns: int, ret: int, arg0: int | None,
+                 cgroup_id: int = 0, pidns: int = 0) -> None:
         self.pid, self.tid, self.nr = pid, tid, nr
         self.enter_ns, self.exit_ns, self.ret, self.arg0 = enter_ns, exit_ns, ret, arg0
+        self.cgroup_id, self.pidns = cgroup_id, pidns  # the enter event's container attribution
 
     @property
     def latency_ns(self) -> int:
@@ -134,7 +136,7 @@ def pair_events(events: Iterable[Any], enter_kind: int, exit_kind: int) -> Pairi
             else:
                 args = getattr(enter, "args", None)
                 call = Call(enter.pid, event.tid, event.nr, enter.ts_ns, event.ts_ns, event.ret,
-                            int(args[0]) if args else None)
+                            int(args[0]) if args else None, getattr(enter, "cgroup_id", 0), getattr(enter, "pidns", 0))
                 result.calls.append(call)
     for enter in open_enter.values():
         _bump(result.enter_without_exit, enter.nr)
@@ -159,22 +161,41 @@ def name_of(names: dict[int, str], nr: int) -> str:
     return f"syscall_{nr}"
 
 
-def group_key(call: Call, by: str) -> str:
+def group_key(call: Call, by: str, containers: dict[tuple[int, int], str] | None = None) -> str:
     if by == "system":
         return "system"
     if by == "process":
         return str(call.pid)
+    if by == "container":
+        return (containers or {}).get((call.cgroup_id, call.pidns), "?")
     raise ValueError(f"by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
 
 
+def container_labels(calls: Iterable[Call]) -> dict[tuple[int, int], str]:
+    """(cgroup id, pid namespace) -> "runtime:<12 hex>" (a container), "host", or "pidns:<inode>" (a pid
+    namespace of its own in no container cgroup), from the guest's cgroup2 mount (harness.guest.containers)."""
+    from harness.guest.containers import CgroupPaths, attribute, host_pidns
+
+    paths, host_ns, labels = CgroupPaths(), host_pidns(), {}
+    for key in {(call.cgroup_id, call.pidns) for call in calls}:
+        seen = attribute(key[0], key[1], paths, host_ns)
+        container = seen["container"]
+        if container:
+            labels[key] = f"{container['runtime']}:{container['id'][:12]}"
+        else:
+            labels[key] = f"pidns:{key[1]}" if seen["in_container"] else "host"
+    return labels
+
+
 def summarize(calls: Iterable[Call], by: str, names: dict[int, str],
-              comms: dict[int, str] | None = None) -> list[dict[str, Any]]:
+              comms: dict[int, str] | None = None,
+              containers: dict[tuple[int, int], str] | None = None) -> list[dict[str, Any]]:
     """One row per (group, syscall): calls, errors, total/min/avg/max/p99 ns. Rows are ordered by
     group (the system, or pids by their total time, largest first), then total time, largest first."""
     groups: dict[str, dict[int, list[int]]] = {}
     errors: dict[tuple[str, int], int] = {}
     for call in calls:
-        key = group_key(call, by)
+        key = group_key(call, by, containers)
         groups.setdefault(key, {}).setdefault(call.nr, []).append(call.latency_ns)
         if call.ret < 0:
             errors[(key, call.nr)] = errors.get((key, call.nr), 0) + 1
@@ -439,8 +460,11 @@ def op_stat(request: dict[str, Any]) -> dict[str, Any]:
     refuse_outside_guest()
     by = str(request.get("by", "system"))
     if by not in BY_CHOICES:
-        raise ValueError(f"by must be one of {', '.join(BY_CHOICES)}, not {by!r} (container attribution is not "
-                         "recorded by the drivers yet)")
+        raise ValueError(f"by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
+    if by == "container":
+        from harness.guest.container_suite import mount_cgroup2
+
+        mount_cgroup2()  # cgroup ids are resolved to paths under it
     driver = str(request.get("driver", "kmod"))
     artifact = str(request["artifact"])
     buffer_bytes = int(request.get("buffer_bytes", 8 << 20))
@@ -519,7 +543,9 @@ def _stat(schema: Any, device: Any, request: dict[str, Any], by: str, command: l
     take()
     stats = device.stats()
     pairing = pair_events(events, enter_kind, schema.const("KMX_EVT_SYS_EXIT"))
-    rows = summarize(pairing.calls, by, names, process_names(comms, execs))
+    calls = pairing.calls
+    rows = summarize(calls, by, names, process_names(comms, execs),
+                     container_labels(calls) if by == "container" else None)
     result: dict[str, Any] = {
         "by": by,
         "machine": machine,

@@ -127,6 +127,8 @@ class Event:
     type: int
     params: tuple[Param, ...]
     cpu: int = -1
+    cgroup_id: int = 0  # the task's cgroup v2 id (0: unknown), see harness.guest.containers
+    pidns: int = 0  # inode number of its active pid namespace (0: unknown)
 
     # Fixed params (see the header): enter = nr, id, a0..a5; exit = nr, id, ret; IA32 events add
     # ia32_nr after them. KIND_MASK, F_IA32, ENTER and the fixed counts are the header's
@@ -198,7 +200,7 @@ class Decoder:
         self, data: bytes | bytearray | memoryview | mmap.mmap, offset: int = 0, cpu: int = -1
     ) -> tuple[Event, int]:
         """The event at offset and its total length (hdr.len)."""
-        ts, tid, pid, length, kind, nparams = self.header.unpack_from(data, offset)
+        ts, tid, pid, length, kind, nparams, cgroup_id, pidns, _reserved = self.header.unpack_from(data, offset)
         if length < self.header.size or nparams > 64:
             raise ValueError(f"corrupt event at {offset}: len {length}, nparams {nparams}")
         lens = struct.unpack_from(f"{self.byteorder}{nparams}H", data, offset + self.header.size)
@@ -211,7 +213,7 @@ class Decoder:
             payload = bytes(data[pos + 2 : pos + plen])
             params.append(Param(self.types.get(ptype, f"?{ptype}"), flags, self._value(ptype, payload)))
             pos += plen
-        return Event(ts, tid, pid, kind, tuple(params), cpu), length
+        return Event(ts, tid, pid, kind, tuple(params), cpu, cgroup_id, pidns), length
 
     def _value(self, ptype: int, payload: bytes) -> Any:
         kind = self.types.get(ptype)
@@ -229,7 +231,8 @@ class Decoder:
 
 
 def encode_event(
-    schema: Schema, ts: int, tid: int, pid: int, kind: int, params: list[tuple[str, int, bytes]], byteorder: str = "="
+    schema: Schema, ts: int, tid: int, pid: int, kind: int, params: list[tuple[str, int, bytes]], byteorder: str = "=",
+    *, cgroup_id: int = 0, pidns: int = 0,
 ) -> bytes:
     """Build an event exactly as the drivers do (for tests and the fault drills)."""
     codes = {v: k for k, v in schema.param_types.items()}
@@ -238,6 +241,7 @@ def encode_event(
     unpadded = header_size + 2 * len(bodies) + sum(len(b) for b in bodies)
     align = schema.const("KMX_ALIGN")
     total = (unpadded + align - 1) // align * align
-    head = struct.pack(byteorder + str(schema.defines["KMX_HDR_FORMAT"]), ts, tid, pid, total, kind, len(bodies))
+    head = struct.pack(byteorder + str(schema.defines["KMX_HDR_FORMAT"]), ts, tid, pid, total, kind, len(bodies),
+                       cgroup_id, pidns, 0)
     lens = struct.pack(f"{byteorder}{len(bodies)}H", *(len(b) for b in bodies))
     return head + lens + b"".join(bodies) + b"\0" * (total - unpadded)

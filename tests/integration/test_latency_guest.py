@@ -54,3 +54,19 @@ def test_stat_per_process(workspace: Workspace, tmp_path: Path) -> None:
     assert mine["nanosleep"]["max_ns"] >= 50_000_000
     assert all(row["group"] == str(row["pid"]) for row in result.metrics["rows"])
     assert result.metrics["agent_pid"] not in {row["pid"] for row in result.metrics["rows"]}
+
+
+@pytest.mark.arch_x86_64
+def test_stat_per_container(workspace: Workspace, tmp_path: Path) -> None:
+    """By container: a shell that moves itself into a Docker-named cgroup gets its own group; the rest is host."""
+    ref = workspace.matrix.newest_kernel("x86_64")
+    cid = "ab" * 32
+    cgroup = f"/sys/fs/cgroup/docker/{cid}"
+    script = f"mkdir -p {cgroup} && echo $$ > {cgroup}/cgroup.procs && ls / > /dev/null && sleep 0.2"
+    result = run_stat_cell(workspace, "x86_64", ref, "kmod", tmp_path,
+                           StatOptions(by="container", duration_s=0, command=("sh", "-c", script)))
+    assert result.status == "pass", f"{result.reason}\nconsole: {result.console_log}"
+    groups = {row["group"]: row for row in result.metrics["rows"]}
+    assert set(groups) == {"host", f"docker:{cid[:12]}"}
+    docker = {row["syscall"] for row in result.metrics["rows"] if row["group"] == f"docker:{cid[:12]}"}
+    assert "execve" in docker  # ls and sleep, run from inside the container's cgroup

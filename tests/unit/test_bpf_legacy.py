@@ -323,7 +323,7 @@ _UAPI_BPF = """
 enum bpf_func_id { BPF_FUNC_map_lookup_elem = 1, BPF_FUNC_map_update_elem = 2, BPF_FUNC_map_delete_elem = 3,
   BPF_FUNC_ktime_get_ns = 5, BPF_FUNC_get_current_pid_tgid = 14, BPF_FUNC_perf_event_output = 25,
   BPF_FUNC_get_current_task = 35, BPF_FUNC_probe_read_user = 112, BPF_FUNC_probe_read_kernel = 113,
-  BPF_FUNC_probe_read_user_str = 114 };
+  BPF_FUNC_probe_read_user_str = 114, BPF_FUNC_get_current_cgroup_id = 80 };
 enum bpf_map_type { BPF_MAP_TYPE_HASH = 1, BPF_MAP_TYPE_ARRAY = 2, BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
   BPF_MAP_TYPE_PERCPU_ARRAY = 6, BPF_MAP_TYPE_LRU_HASH = 9 };
 #define BPF_ANY 0
@@ -356,7 +356,23 @@ _SCHED = """#ifndef _S
 #include <linux/types.h>
 #include <asm/thread_info.h>
 struct thread_info { unsigned long flags; u32 status; };
-struct task_struct { struct thread_info thread_info; long state; int pid; int tgid; struct task_struct *real_parent; };
+struct pid;
+struct task_struct { struct thread_info thread_info; long state; int pid; int tgid; struct task_struct *real_parent;
+  struct pid *thread_pid; };
+#endif
+"""
+_PID = """#ifndef _PID
+#define _PID
+struct pid_namespace;
+struct upid { int nr; struct pid_namespace *ns; };
+struct pid { int count; unsigned int level; struct upid numbers[1]; };
+#endif
+"""
+_PID_NS = """#ifndef _PNS
+#define _PNS
+#include <linux/pid.h>
+struct ns_common { void *stashed; unsigned int inum; };
+struct pid_namespace { int level; struct ns_common ns; };
 #endif
 """
 _UNISTD = "".join(
@@ -378,6 +394,8 @@ def _stand_in_kernel(root: Path, kbuild_arch: str) -> KernelTree:
         src / "include/linux/version.h": "#define KERNEL_VERSION(a, b, c) (((a) << 16) + ((b) << 8) + (c))\n"
         "#define LINUX_VERSION_CODE KERNEL_VERSION(6, 1, 0)\n",
         src / "include/linux/sched.h": _SCHED,
+        src / "include/linux/pid.h": _PID,
+        src / "include/linux/pid_namespace.h": _PID_NS,
         src / arch / "thread_info.h": _ARCH_DEFINES[kbuild_arch],
         src / "include/linux/ptrace.h": "#include <asm/ptrace.h>\n",
         src / arch / "ptrace.h": f"#ifndef _P\n#define _P\nstruct pt_regs {{ {_PT_REGS[kbuild_arch]} }};\n#endif\n",

@@ -275,4 +275,4 @@ def test_host_glibc_is_read_from_confstr() -> None:
 def test_kmx_hdr_layout_matches_what_the_module_writes() -> None:
     # kmx_probe.c writes struct kmx_event_hdr; the consumers read KMX_HDR_FORMAT.
     schema = load_schema(HEADER)
-    assert struct.calcsize("=" + str(schema.defines["KMX_HDR_FORMAT"])) == schema.const("KMX_HDR_SIZE") == 32
+    assert struct.calcsize("=" + str(schema.defines["KMX_HDR_FORMAT"])) == schema.const("KMX_HDR_SIZE") == 48

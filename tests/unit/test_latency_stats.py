@@ -29,7 +29,7 @@ from harness.guest.latency import (
 )
 from harness.guest.schema import load_schema
 from harness.matrix import load_matrix
-from harness.stat import CONTAINER_UNSUPPORTED, StatOptions, check_options, render
+from harness.stat import StatOptions, check_options, render, stat_table
 
 ENTER, EXIT = 1, 2
 NR = {"read": 0, "write": 1, "close": 3, "nanosleep": 35, "exit_group": 231, "getpid": 39}
@@ -185,9 +185,17 @@ def test_unknown_syscall_numbers_keep_a_name() -> None:
     assert {r["syscall"] for r in summarize(negative, "system", NAMES)} == {"syscall_-1", "syscall_-2"}
 
 
-def test_grouping_by_container_is_refused_in_the_guest() -> None:
+def test_grouping_by_container_uses_each_calls_attribution() -> None:
+    calls = [Call(100, 100, NR["read"], 0, 10, 1, 0, cgroup_id=7, pidns=1),
+             Call(300, 300, NR["read"], 0, 50, 1, 0, cgroup_id=9, pidns=2),
+             Call(301, 301, NR["write"], 0, 70, 1, 0, cgroup_id=9, pidns=2)]
+    labels = {(7, 1): "host", (9, 2): "docker:0123456789ab"}
+    rows = summarize(calls, "container", NAMES, containers=labels)
+    assert [(r["group"], r["syscall"], r["calls"]) for r in rows] == [
+        ("docker:0123456789ab", "write", 1), ("docker:0123456789ab", "read", 1), ("host", "read", 1)]
+    assert summarize(calls[:1], "container", NAMES)[0]["group"] == "?"  # no attribution known
     with pytest.raises(ValueError):
-        summarize(_calls(), "container", NAMES)
+        summarize(calls, "pod", NAMES)
 
 
 # -- verification -------------------------------------------------------------------------------
@@ -285,11 +293,9 @@ def test_missing_markers_fail() -> None:
 
 # -- host side ----------------------------------------------------------------------------------
 
-def test_container_grouping_is_a_clear_usage_error() -> None:
+def test_container_grouping_is_accepted() -> None:
     matrix = load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml")
-    with pytest.raises(ConfigError, match="container attribution"):
-        check_options(matrix, "kmod", StatOptions(by="container"))
-    assert "do not record yet" in CONTAINER_UNSUPPORTED
+    check_options(matrix, "kmod", StatOptions(by="container"))
 
 
 def test_only_drivers_the_agent_reads() -> None:
@@ -299,13 +305,6 @@ def test_only_drivers_the_agent_reads() -> None:
     with pytest.raises(ConfigError, match="not in the matrix"):
         check_options(matrix, "nope", StatOptions())
     check_options(matrix, "modern_bpf", StatOptions(by="process"))
-
-
-def test_cli_refuses_container_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.cli import main
-
-    assert main(["stat", "--arch", "x86_64", "--driver", "kmod", "--by", "container"]) == 2
-    assert "container attribution" in capsys.readouterr().err
 
 
 def test_render_shows_rows_unpaired_and_verification() -> None:
@@ -323,3 +322,13 @@ def test_render_shows_rows_unpaired_and_verification() -> None:
     assert "nanosleep" in text and "p99 us" in text and "% time" in text
     assert "1 exits without enter" in text and "exit_group 1" in text and "never return" in text
     assert f"requested + {SLACK_NS // MS} ms" in text and "pass" in text
+
+
+def test_render_names_each_rows_container() -> None:
+    calls = [Call(100, 100, NR["read"], 0, 10_000, 1, 0, cgroup_id=7, pidns=1),
+             Call(300, 300, NR["read"], 0, 50_000, 1, 0, cgroup_id=9, pidns=2)]
+    rows = summarize(calls, "container", NAMES, containers={(7, 1): "host", (9, 2): "docker:0123456789ab"})
+    console = Console(record=True, width=200)
+    console.print(stat_table(rows, "container", "t"))
+    text = console.export_text()
+    assert "docker:0123456789ab" in text and "host" in text

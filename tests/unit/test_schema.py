@@ -25,7 +25,7 @@ def s64(value: int) -> tuple[str, int, bytes]:
 
 
 def test_header_constants(schema: Schema) -> None:
-    assert schema.const("KMX_HDR_SIZE") == 32 == schema.header_struct.size
+    assert schema.const("KMX_HDR_SIZE") == 48 == schema.header_struct.size
     assert schema.const("KMX_EVT_SYS_ENTER") == 1
     assert schema.by_name["openat"].enter[0].name == "path"
     assert schema.by_name["read"].exit[0].source == "arg1/ret"
@@ -36,18 +36,19 @@ def test_header_constants(schema: Schema) -> None:
 def test_round_trip_both_byte_orders(schema: Schema, order: str) -> None:
     params = [("U64", 0, struct.pack(order + "Q", 257)), ("STR", 2, b"/tmp/x"), ("BYTES", 1, b""),
               ("STRV", 0, b"a\0bc"), ("FD2", 0, struct.pack(order + "ii", 3, 4))]
-    raw = encode_event(schema, 10, 11, 12, 1, params, byteorder=order)
+    raw = encode_event(schema, 10, 11, 12, 1, params, byteorder=order, cgroup_id=4242, pidns=4026531836)
     assert len(raw) % 8 == 0
     event, length = Decoder(schema, order).decode(raw)
     assert length == len(raw)
     assert (event.ts_ns, event.tid, event.pid, event.type) == (10, 11, 12, 1)
+    assert (event.cgroup_id, event.pidns) == (4242, 4026531836)
     assert [p.value for p in event.params] == [257, "/tmp/x", b"", ["a", "bc"], (3, 4)]
     assert event.params[1].truncated and event.params[2].fault
 
 
 def test_corrupt_length_is_refused(schema: Schema) -> None:
     raw = bytearray(encode_event(schema, 1, 2, 3, 1, [u64(1)]))
-    struct.pack_into("=H", raw, 32, 200)  # param length beyond the event
+    struct.pack_into("=H", raw, schema.const("KMX_HDR_SIZE"), 200)  # param length beyond the event
     with pytest.raises(ValueError, match="corrupt"):
         Decoder(schema).decode(bytes(raw))
 
