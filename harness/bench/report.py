@@ -53,6 +53,7 @@ _COLORS = {
     "kmod": "#1f77b4",
     "bpf": "#ff7f0e",
     "modern_bpf": "#2ca02c",
+    "falco-kmod": "#d62728",  # Falco's kmod read by sysdig (matrix.yaml drivers:)
     "ftrace": "#9467bd",
     "auditd": "#8c564b",
 }

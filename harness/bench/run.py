@@ -19,7 +19,7 @@ from harness import __version__
 from harness.archs import ArchProfile, get_arch
 from harness.bench.results import BenchResults, BenchRun, SubjectResult, now_iso
 from harness.cells import CellResult, boot_with_retry, build_driver, files_overlay
-from harness.errors import BuildError, GuestError, KmatrixError
+from harness.errors import BuildError, GuestError, KmatrixError, UnsupportedTarget
 from harness.guest.bench import ADAPTIVE_MAX, SETTLE_TRIES
 from harness.matrix import Cell, KernelRef, Matrix, applicability
 from harness.paths import project_root
@@ -80,20 +80,31 @@ def git_revision() -> str | None:
     return done.stdout.strip() or None
 
 
-def _guest_timeout(options: BenchOptions, peer: bool, arch_name: str) -> float:
+# Seconds a command consumer adds to each captured storm (started and stopped around it; sysdig
+# starts in a few seconds under TCG, reading /proc and opening one device per CPU). Generous.
+COMMAND_START_STOP_S = 15
+
+
+def _guest_timeout(options: BenchOptions, peer: bool, arch_name: str, command: bool = False) -> float:
     """One subject's request: every measurement is 2 x repeats storms plus loads, scaled by how
     slow this architecture's emulation is. It only bounds a hang: generous."""
-    configs = 2 if peer or options.quick else 7
+    configs = 2 if peer or command or options.quick else 7
     storms = 2 * options.repeats + max(SETTLE_TRIES.values())
     headline = 2 * 2 * options.repeats * ADAPTIVE_MAX  # both mixes' default configuration, at their most pairs
-    per_storm = options.duration_ms / 1000 + 3
+    per_storm = options.duration_ms / 1000 + 3 + (COMMAND_START_STOP_S / 2 if command else 0)
     return (120 + (configs * storms + headline) * per_storm) * EMULATION_SLOWNESS.get(arch_name, 1.0) * 2
 
 
+# Consumer kinds the guest side can measure: the agent reads the driver itself, or a command
+# (sysdig for Falco's kmod) is run as the driver's consumer (harness.guest.bench.CommandSubject).
+BENCH_CONSUMER_KINDS = ("agent", "command")
+
+
 def bench_drivers(matrix: Matrix) -> list[str]:
-    """The drivers the bench measures by default: every declared driver its guest side can read
-    (those the agent consumes), in matrix.yaml's order."""
-    return [name for name, spec in matrix.drivers.items() if matrix.consumers[spec.consumer].kind == "agent"]
+    """The drivers the bench measures by default: every declared driver whose consumer the guest
+    side can run (the agent, or a command), in matrix.yaml's order."""
+    return [name for name, spec in matrix.drivers.items()
+            if matrix.consumers[spec.consumer].kind in BENCH_CONSUMER_KINDS]
 
 
 def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, drivers: list[str] | None = None,
@@ -109,26 +120,42 @@ def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, 
         kernel = ws.kernel(arch, ref)
         run.kernel_release = kernel.release
         files: list[tuple[Path, str, int]] = []
-        wanted: list[dict[str, str]] = []
+        wanted: list[dict[str, Any]] = []
+        host_details: dict[str, dict[str, Any]] = {}
         for name in drivers if drivers is not None else bench_drivers(ws.matrix):
             cell = Cell(arch_name, ref, name, SUITE)
             verdict = applicability(ws.matrix, cell, kernel.facts)
             if not verdict.runnable:
                 subjects.append(_subject(name, "skip", verdict.reason))
                 continue
-            if name not in bench_drivers(ws.matrix):
-                consumer = ws.matrix.drivers[name].consumer
-                subjects.append(_subject(name, "skip", f"consumer {consumer} is a command: the bench measures "
-                                                       "drivers the agent reads (a command peer is not here yet)"))
+            consumer_name = ws.matrix.drivers[name].consumer
+            consumer_kind = ws.matrix.consumers[consumer_name].kind
+            if consumer_kind not in BENCH_CONSUMER_KINDS:
+                subjects.append(_subject(name, "skip", f"consumer {consumer_name} is of kind {consumer_kind}, "
+                                                       "which the bench cannot run"))
                 continue
             kind = ws.matrix.drivers[name].kind
+            entry: dict[str, Any] = {"subject": name, "kind": kind}
+            consumer_files: list[tuple[Path, str, int]] = []
+            if consumer_kind == "command":  # before the build: a consumer this arch lacks is a skip
+                refused = _add_command_consumer(ws, arch_name, name, consumer_files, entry)
+                if refused:
+                    subjects.append(_subject(name, *refused))
+                    continue
             try:
                 build = build_driver(ws, kind, cell, None)
+            except UnsupportedTarget as error:  # the driver's own source rules this (arch, kernel) out
+                subjects.append(_subject(name, "skip", str(error)))
+                continue
             except BuildError as error:
                 subjects.append(_subject(name, "error", f"build: {error}"))
                 continue
+            entry["artifact"] = "/" + build.guest_path
+            if consumer_kind == "command":
+                files += consumer_files
+                host_details[name] = {**build.details, **entry.pop("details")}
             files.append((build.path, build.guest_path, 0o644))
-            wanted.append({"subject": name, "kind": kind, "artifact": "/" + build.guest_path})
+            wanted.append(entry)
         for peer in peers if peers is not None else list(PEERS):
             if peer == "auditd":
                 problem = _add_auditd(ws, arch_name, files)
@@ -145,6 +172,9 @@ def bench_cell(ws: Workspace, arch_name: str, ref: KernelRef, run_dir: Path, *, 
         run.vcpus = int(reply.get("vcpus", 1))
         run.baseline = {k: float(v) for k, v in reply.get("baseline", {}).items()}
         for item in reply.get("subjects", []):
+            extra = host_details.get(str(item.get("subject")))
+            if extra:  # what the host knows of a command consumer (its package), beside the guest's figures
+                item = {**item, "details": {**extra, **item.get("details", {})}}
             subjects.append(SubjectResult.model_validate(item))
         run.status = "fail" if any(s.status in ("fail", "error") for s in subjects) else "pass"
         failed = [s for s in subjects if s.status in ("fail", "error")]
@@ -162,6 +192,28 @@ def _subject(name: str, status: str, reason: str | None) -> SubjectResult:
     return SubjectResult.model_validate({"subject": name, "status": status, "reason": reason})
 
 
+def _add_command_consumer(ws: Workspace, arch_name: str, driver: str, files: list[tuple[Path, str, int]],
+                          entry: dict[str, Any]) -> tuple[str, str] | None:
+    """The driver's command consumer (sysdig's bundle) into the overlay and its request into the
+    subject's entry (with `details` for the host to keep); (status, reason) when it cannot be
+    prepared: skip when the architecture has no such package, error otherwise."""
+    from harness.consumers import guest_consumer
+
+    try:
+        consumer = guest_consumer(ws, get_arch(arch_name), driver)
+    except UnsupportedTarget as error:
+        return "skip", str(error)
+    except (KmatrixError, OSError) as error:
+        return "error", f"consumer {ws.matrix.drivers[driver].consumer} for {arch_name} could not be prepared: {error}"
+    if consumer is None:  # the agent reads it after all: nothing to add
+        entry["details"] = {}
+        return None
+    files += consumer.files
+    entry["consumer"] = consumer.request()
+    entry["details"] = consumer.details()
+    return None
+
+
 def _add_auditd(ws: Workspace, arch_name: str, files: list[tuple[Path, str, int]]) -> str | None:
     """Debian's auditd for this architecture into the overlay; the reason when it cannot be."""
     from harness.bench.auditd import auditd_files
@@ -174,7 +226,7 @@ def _add_auditd(ws: Workspace, arch_name: str, files: list[tuple[Path, str, int]
 
 
 def _run_guest(ws: Workspace, arch_name: str, ref: KernelRef, cell_dir: Path, files: list[tuple[Path, str, int]],
-               wanted: list[dict[str, str]], options: BenchOptions, run: BenchRun) -> dict[str, Any]:
+               wanted: list[dict[str, Any]], options: BenchOptions, run: BenchRun) -> dict[str, Any]:
     """One boot; one request per subject, so a subject that runs out of time costs only its own
     figures (the guest is then abandoned and the subjects after it are reported as not run)."""
     arch = get_arch(arch_name)
@@ -192,7 +244,7 @@ def _run_guest(ws: Workspace, arch_name: str, ref: KernelRef, cell_dir: Path, fi
     merged: dict[str, Any] = {"subjects": [], "baseline": {}}
     try:
         for index, subject in enumerate(wanted):
-            timeout = _guest_timeout(options, subject["kind"] in PEERS, arch_name)
+            timeout = _guest_timeout(options, subject["kind"] in PEERS, arch_name, command="consumer" in subject)
             started = time.monotonic()
             try:
                 reply = guest.request("bench", timeout_s=timeout, subjects=[subject], storm="/" + GUEST_STORM,

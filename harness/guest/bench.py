@@ -7,14 +7,18 @@ For every subject (the reference drivers, then the peers ftrace and auditd) and 
 compares runs made moments apart on the same guest. While a captured storm runs, this agent is
 the consumer: it takes events out of the driver's buffers as fast as it can, counting them
 without decoding (what a user-space consumer must at least do). Drivers and peers capture the
-storm process only (its pid, known before its threads are released).
+storm process only (its pid, known before its threads are released). A driver that a third-party
+command reads (Falco's kmod, by sysdig) is measured with that command as its consumer instead
+(CommandSubject), capturing as that command's users do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import select
 import statistics
 import subprocess
@@ -200,6 +204,191 @@ class PeerSubject:
         pass
 
 
+# Flags that make a command consumer print its capture figures at exit, appended to its capture argv.
+COMMAND_STATS_FLAGS = {"sysdig": ["-v"]}
+# Where a command consumer writes its capture files: the guest's /tmp, a tmpfs of about 480 MB with
+# 1 GB of RAM, so each storm's file is deleted as soon as that storm is over.
+CAPTURE_DIR = "/tmp"
+# Exit statuses of a command consumer stopped by SIGINT: a clean exit, or the signal itself.
+COMMAND_STOPPED = (0, -2, 130)
+
+
+class CommandSubject:
+    """A kernel module read by a third-party command (matrix.yaml `consumers:` of kind `command`):
+    Falco's scap.ko read by `sysdig -w FILE`, the way a sysdig user records a capture.
+
+    The module is loaded once; every captured storm starts the command on a fresh capture file
+    (returning once it holds every /dev/<module>N open), and stops it (SIGINT: it flushes and
+    closes the file) when the storm is over. The command captures the whole system, not only the
+    storm's pid: that is what `sysdig -w` does unless given a filter, and what its users pay. The
+    agent is not the consumer here, so consume() only waits; the command, running beside the
+    storm in the same guest, is what costs the storm its throughput.
+
+    Before it is stopped, the command is given time to write what it has not yet taken out of the
+    driver's buffers (its capture file stops growing), as the agent drains the reference drivers
+    after a storm: sysdig stops reading at SIGINT, and what it left in the buffers would otherwise
+    count as neither captured nor dropped (measured on aarch64 6.1 under TCG: stopped at once, it
+    had written 30-50% of what the driver produced).
+
+    Events and drops are the command's own figures when it prints them at exit (sysdig -v:
+    "Captured Events" it wrote, and the driver's per-CPU counters summed by libscap: "Driver
+    Events" seen, "Driver Drops"); without them they stay 0 and `details` says so.
+    """
+
+    POLL_S = 0.05  # how often consume() looks at the command while a storm runs
+    DRAIN_QUIET_S = 0.5  # the capture file unchanged this long after a storm: the command caught up
+    DRAIN_MAX_S = 30.0
+
+    def __init__(self, spec: dict[str, Any], workdir: str | None = None) -> None:
+        from harness.guest.command import CommandConsumer
+
+        self.consumer = CommandConsumer.from_request(spec)
+        self.consumer.capture_argv = [*self.consumer.capture_argv, *COMMAND_STATS_FLAGS.get(self.consumer.name, [])]
+        self.artifact = str(spec["artifact"])
+        self.module = module_name(self.artifact)
+        self.workdir = workdir or CAPTURE_DIR
+        # Falco's driver as Debian packages it (falcosecurity-scap-dkms 0.23.2, read by sysdig 0.41.4) sends
+        # one event per syscall, the exit event carrying the arguments (measured on aarch64 6.1: 1.01
+        # driver events per storm syscall, the rest of the system making the 1%), where the reference
+        # drivers send an enter and an exit event.
+        self.events_per_syscall = 1
+        self.runs = 0
+        self.capture_bytes: list[int] = []
+        self.start_s: list[float] = []
+        self.drain_s: list[float] = []
+        self.stats_missing = 0
+        load_module(self.artifact, {})  # scap.ko needs no parameters; it registers nothing until opened
+        self.loaded = True
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "consumer": self.consumer.name,
+            "consumer_argv": self.consumer.capture_argv,
+            "capture_scope": "whole system (no filter), as `sysdig -w` records",
+            "capture_files": len(self.capture_bytes),
+            "capture_bytes_total": sum(self.capture_bytes),
+            "capture_bytes_max": max(self.capture_bytes, default=0),
+            "consumer_start_s_max": max(self.start_s, default=None),
+            "consumer_drain_s_max": max(self.drain_s, default=None),
+            "events_per_syscall_expected": self.events_per_syscall,
+        }
+        buffer = _read_int(f"/sys/module/{self.module}/parameters/g_buffer_bytes_dim")
+        if buffer is not None:
+            out["driver_buffer_bytes_per_cpu"] = buffer
+        if self.stats_missing:
+            out["events_note"] = (f"{self.consumer.name} printed no capture figures for {self.stats_missing} "
+                                  "storm(s): their events and drops are counted as 0")
+        return out
+
+    def start(self, pid: int) -> None:
+        del pid  # the command captures the whole system (see the class's docstring)
+        self.runs += 1
+        path = os.path.join(self.workdir, f"kmx-bench-{self.module}-{os.getpid()}-{self.runs}.scap")
+        self._remove(path)
+        self.start_s.append(self.consumer.start(path, self.module))
+
+    def consume(self, batch: int | None) -> tuple[int, float | None]:
+        del batch
+        time.sleep(self.POLL_S)  # nothing for the agent to read; do not take CPU from the storm
+        return 0, None
+
+    def stop(self) -> dict[str, Any]:
+        from harness.guest.command import ConsumerFailed, describe_status
+
+        process = self.consumer.process
+        assert process is not None
+        try:
+            if process.poll() is not None:
+                raise ConsumerFailed(f"{self.consumer.name} exited during the storm "
+                                     f"({describe_status(process.returncode)}): {self.consumer.log_tail()}")
+            self.drain_s.append(self._drain(process))
+            status = self.consumer.stop()
+            if status not in COMMAND_STOPPED:
+                raise ConsumerFailed(f"{self.consumer.name} exited with {describe_status(status)} when stopped: "
+                                     f"{self.consumer.log_tail()}")
+            size = os.path.getsize(self.consumer.file) if os.path.exists(self.consumer.file) else 0
+            self.capture_bytes.append(size)
+            stats = capture_stats(self._log_text())
+        finally:
+            self._remove(self.consumer.file)  # the guest's /tmp is a small tmpfs
+            self._remove(self.consumer.log)
+        if stats is None:
+            self.stats_missing += 1
+            stats = {}
+        return {
+            "late_events": stats.get("captured", 0),
+            "drops": stats.get("drops", 0),
+            "produced": stats.get("driver_events"),
+            "capture_bytes": size,
+        }
+
+    def _drain(self, process: Any) -> float:
+        """Wait (at most DRAIN_MAX_S) until the capture file has not grown for DRAIN_QUIET_S; seconds."""
+        started = time.monotonic()
+        size, since = -1, started
+        while time.monotonic() - started < self.DRAIN_MAX_S and process.poll() is None:
+            now = time.monotonic()
+            try:
+                current = os.path.getsize(self.consumer.file)
+            except OSError:
+                current = -1
+            if current != size:
+                size, since = current, now
+            elif now - since >= self.DRAIN_QUIET_S:
+                break
+            time.sleep(0.1)
+        return round(time.monotonic() - started, 3)
+
+    def prog_delta(self) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        self.consumer.kill()
+        if self.consumer.file:
+            self._remove(self.consumer.file)
+            self._remove(self.consumer.log)
+        if self.loaded:
+            unload_module(self.module)
+            self.loaded = False
+
+    def _log_text(self) -> str:
+        try:
+            with open(self.consumer.log, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+_STATS_PATTERNS = {
+    "driver_events": re.compile(r"^Driver Events:\s*(\d+)", re.MULTILINE),
+    "drops": re.compile(r"^Driver Drops:\s*(\d+)", re.MULTILINE),
+    "captured": re.compile(r"Captured Events:\s*(\d+)"),
+}
+
+
+def capture_stats(text: str) -> dict[str, int] | None:
+    """sysdig -v's figures at exit ("Driver Events:N", "Driver Drops:N", "... Captured Events: N, ...");
+    None unless all three are there."""
+    found = {key: pattern.search(text) for key, pattern in _STATS_PATTERNS.items()}
+    if not all(found.values()):
+        return None
+    return {key: int(match.group(1)) for key, match in found.items() if match is not None}
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 # -- configurations and measurements ------------------------------------------------------------
 
 
@@ -365,6 +554,9 @@ def bench_subject(schema: Any, storm: str, spec: dict[str, Any], repeats: int, d
             if first:
                 result["details"]["baselines"] = "measured before audit was enabled (it stays on until reboot)"
             return result
+        if spec.get("consumer"):
+            result["details"].update(bench_command(storm, spec, result, repeats, duration_ms, settle_tries))
+            return _checked(result)
         configs = driver_configs(kind, quick)
         groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
         for config in configs:
@@ -384,6 +576,10 @@ def bench_subject(schema: Any, storm: str, spec: dict[str, Any], repeats: int, d
         result["measurements"].sort(key=lambda m: configs.index({k: m[k] for k in configs[0]}))
     except Exception as error:  # one subject failing leaves the others' figures
         result.update(status="error", reason=f"{type(error).__name__}: {error}")
+    return _checked(result)
+
+
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
     failed = [m for m in result["measurements"] if not all(m["checks"].values())]
     if result["status"] == "pass" and failed:
         result.update(status="fail", reason=f"check failed: {failed[0]['checks']} for {failed[0]['mix']} "
@@ -391,8 +587,40 @@ def bench_subject(schema: Any, storm: str, spec: dict[str, Any], repeats: int, d
     return result
 
 
+def command_configs() -> list[dict[str, Any]]:
+    """A command consumer's measurements: both mixes at the default configuration only (the
+    command sets its driver's buffer itself: 8 MiB per CPU is scap's default, which sysdig keeps;
+    it has no sampling or batch of ours to vary)."""
+    return driver_configs("kmod", quick=True)
+
+
+def bench_command(storm: str, spec: dict[str, Any], result: dict[str, Any], repeats: int, duration_ms: int,
+                  settle_tries: int) -> dict[str, Any]:
+    """The measurements of a driver a command reads, into result; the subject's details. A command
+    that cannot capture (it exits or dies, e.g. sysdig killed by SIGBUS as it maps scap's buffers)
+    fails the subject with its reason; any other problem is an error."""
+    from harness.guest.command import ConsumerFailed
+
+    subject = CommandSubject(spec)
+    details: dict[str, Any] = {}
+    try:
+        details["consumer_version"] = subject.consumer.version()
+        for config in command_configs():
+            result["measurements"].append(measure(storm, subject, config, repeats, duration_ms,
+                                                  settle_tries=settle_tries))
+    except ConsumerFailed as error:
+        result.update(status="fail", reason=str(error))
+    except Exception as error:
+        result.update(status="error", reason=f"{type(error).__name__}: {error}")
+    finally:
+        details.update(subject.details())
+        subject.close()
+    return details
+
+
 def op_bench(request: dict[str, Any]) -> dict[str, Any]:
-    """Request: subjects [{subject, kind, artifact}], storm, repeats, duration_ms, quick, clock
+    """Request: subjects [{subject, kind, artifact, consumer?}] (consumer: a command reads that driver,
+    harness.guest.command.CommandConsumer.from_request), storm, repeats, duration_ms, quick, clock
     ("icount" or "wall": how this guest's clock runs, which sets the warm-up). Result: per subject."""
     refuse_outside_guest()
     schema = load_schema()

@@ -7,6 +7,7 @@ take minutes: tests/integration/test_declared_kmod.py builds and loads the copy 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -179,11 +180,14 @@ def test_a_source_that_rules_the_target_out_is_a_skip(tmp_path: Path) -> None:
     assert (result.status, result.reason) == ("skip", "scap 0.23.2 does not support loongarch64: ...")
 
 
-def test_a_command_consumer_is_skipped_until_a_suite_reads_it(real: Matrix, tmp_path: Path) -> None:
+def test_a_command_consumer_is_read_by_the_capture_suite_only(real: Matrix, tmp_path: Path) -> None:
     ws = workspace(real, tmp_path)
     assert cells.consumer_gap(ws, _cell(real, "kmod")) is None
-    gap = cells.consumer_gap(ws, _cell(real, "falco-kmod"))
-    assert gap is not None and "through consumer sysdig (command consumers are declared" in gap
+    assert cells.consumer_gap(ws, _cell(real, "falco-kmod")) is None  # the capture suite reads sysdig
+    ia32 = dataclasses.replace(_cell(real, "falco-kmod"), suite="ia32")
+    gap = cells.consumer_gap(ws, ia32)
+    assert gap == ("suite ia32 cannot read driver falco-kmod through consumer sysdig: it reads drivers "
+                   "through agent consumers only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,13 +293,13 @@ def test_the_guest_unloads_a_module_by_its_own_name(artifact: str, name: str) ->
     assert module_name(artifact) == name
 
 
-def test_the_bench_measures_the_declared_drivers_the_agent_reads(real: Matrix, tmp_path: Path) -> None:
+def test_the_bench_measures_every_declared_driver(real: Matrix, tmp_path: Path) -> None:
     from harness.bench.results import SubjectResult
     from harness.bench.run import bench_drivers
 
-    assert bench_drivers(real) == ["kmod", "bpf", "modern_bpf"]  # falco-kmod is read by sysdig
+    assert bench_drivers(real) == ["kmod", "bpf", "modern_bpf", "falco-kmod"]  # falco-kmod read by sysdig
     matrix, _copy = copy_matrix(tmp_path)
-    assert bench_drivers(matrix) == ["kmod", "bpf", "modern_bpf", "kmx-copy"]
+    assert bench_drivers(matrix) == ["kmod", "bpf", "modern_bpf", "falco-kmod", "kmx-copy"]
     loaded = SubjectResult.model_validate({"subject": "kmx-copy", "status": "skip", "reason": "r"})
     assert loaded.kind == "driver"
     assert SubjectResult.model_validate({"subject": "auditd", "status": "skip"}).kind == "peer"
