@@ -208,28 +208,13 @@ def _arch_name(value: str) -> str:
     return value
 
 
-def _driver_kind(value: str) -> str:
-    if value not in DRIVER_KINDS:
-        raise _fail(f"{value!r} is not a driver kind", _choices(value, DRIVER_KINDS))
-    return value
-
-
-def _build_kind(value: str) -> str:
-    if value not in BUILD_KINDS:
-        raise _fail(f"{value!r} is not a build", _choices(value, BUILD_KINDS))
-    return value
-
-
-def _version_source(value: str) -> str:
-    if value not in VERSION_SOURCES:
-        raise _fail(f"{value!r} is not a version source", _choices(value, VERSION_SOURCES))
-    return value
-
-
-def _consumer_kind(value: str) -> str:
-    if value not in CONSUMER_KINDS:
-        raise _fail(f"{value!r} is not a consumer kind", _choices(value, CONSUMER_KINDS))
-    return value
+def _one_of(choices: Sequence[str], noun: str) -> Callable[[str], str]:
+    """A validator accepting one of choices; the error names the noun and the nearest choices."""
+    def check(value: str) -> str:
+        if value not in choices:
+            raise _fail(f"{value!r} is not {noun}", _choices(value, choices))
+        return value
+    return check
 
 
 def _driver_name(value: str) -> str:
@@ -400,10 +385,10 @@ def _userland(values: dict[str, str]) -> dict[str, str]:
 
 DebianSuite = Annotated[str, AfterValidator(_debian_suite)]
 ArchName = Annotated[str, AfterValidator(_arch_name)]
-DriverKind = Annotated[str, AfterValidator(_driver_kind)]
-BuildKind = Annotated[str, AfterValidator(_build_kind)]
-VersionSource = Annotated[str, AfterValidator(_version_source)]
-ConsumerKind = Annotated[str, AfterValidator(_consumer_kind)]
+DriverKind = Annotated[str, AfterValidator(_one_of(DRIVER_KINDS, "a driver kind"))]
+BuildKind = Annotated[str, AfterValidator(_one_of(BUILD_KINDS, "a build"))]
+VersionSource = Annotated[str, AfterValidator(_one_of(VERSION_SOURCES, "a version source"))]
+ConsumerKind = Annotated[str, AfterValidator(_one_of(CONSUMER_KINDS, "a consumer kind"))]
 DriverName = Annotated[str, AfterValidator(_driver_name)]
 PackageName = Annotated[str, AfterValidator(_package_name)]
 ModuleFile = Annotated[str, AfterValidator(_module_file)]
