@@ -88,7 +88,7 @@ struct kmx_event_hdr {
  * is matched with a running prefix count, so a key that repeats its own prefix (like "aab") can
  * miss an occurrence that overlaps a false start. harness/guest/redaction.py is the reference.
  */
-#define KMX_REDACT_SCAN 512
+#define KMX_REDACT_SCAN 256
 #define KMX_REDACT_KEYS_MAX 4
 #define KMX_REDACT_KEY_MAX 16
 #define KMX_REDACT_DEFAULT_KEYS "password=,secret=,token="

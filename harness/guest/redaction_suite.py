@@ -71,7 +71,8 @@ def _run(schema: Any, driver: str, artifact: str) -> dict[str, Any]:
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert writer.stdin and writer.stdout
     pid = int(json.loads(writer.stdout.readline())["pid"])
-    device = open_consumer(schema, driver, artifact, tgid=pid, snaplen=SNAPLEN, buffer_bytes=1 << 20)
+    device = open_consumer(schema, driver, artifact, tgid=pid, snaplen=SNAPLEN, buffer_bytes=1 << 20,
+                           redact_keys=() if driver == "kmod" else DEFAULT_KEYS)
     try:
         device.start()
         writer.stdin.write("go\n")
