@@ -158,9 +158,17 @@ def run_tamper_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | No
                             target=target)
 
 
+def run_redaction_cell(ws: Workspace, cell: Cell, run_dir: Path, *, fault: str | None = None,
+                       timeout_s: float = 300, target: str | None = None) -> CellResult:
+    """The redaction suite: secrets in written and sent buffers are captured as '*', exactly as the
+    reference says (harness/guest/redaction_suite.py)."""
+    return _run_guest_suite(ws, cell, run_dir, fault=fault, op="redaction", timeout_s=timeout_s, params={},
+                            target=target)
+
+
 # Suites with a runner, by name.
 SUITE_RUNNERS = {"capture": run_capture_cell, "ia32": run_ia32_cell, "containers": run_containers_cell,
-                 "permissions": run_permissions_cell, "tamper": run_tamper_cell}
+                 "permissions": run_permissions_cell, "tamper": run_tamper_cell, "redaction": run_redaction_cell}
 
 
 def _ia32_tool_files(ws: Workspace, result: CellResult) -> list[tuple[Path, str, int]]:

@@ -66,7 +66,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             pytest.param(cell, id=cell.id, marks=[getattr(pytest.mark, f"arch_{cell.arch}")])  # type: ignore[attr-defined]
             for cell in cells
         ])
-    for suite in ("containers", "permissions", "tamper"):
+    for suite in ("containers", "permissions", "tamper", "redaction"):
         if f"{suite}_cell" in metafunc.fixturenames:
             cells = selected_cells(metafunc.config, None, suite)
             metafunc.parametrize(f"{suite}_cell", [

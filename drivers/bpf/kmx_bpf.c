@@ -62,6 +62,13 @@ struct kmx_state {
 	__u32 index;    /* next param */
 	__u32 ia32;     /* an IA32 task's syscall, translated: nr, args and ret are the x86_64 call's */
 	__s64 ia32_nr;  /* the i386 number */
+	/* Redaction (kmx_events.h): the written buffer to scan and the scan's state, in map memory. */
+	__u32 redact_on;
+	__u32 redact_at;
+	__u32 redact_len;
+	__u32 redact_progress[KMX_REDACT_KEYS_MAX];
+	__u32 redact_in_value;
+	__u32 redact_redacted;
 #ifdef KMX_IA32
 	__u64 ia32_work[KMX_IA32_WORK]; /* the translation's work area: map memory (see kmx_ia32.h) */
 #endif
@@ -166,8 +173,12 @@ static __always_inline void kmx_put_user_bytes(struct kmx_scratch *s, __u8 type,
 					       __u32 snaplen)
 {
 	__u32 pos = KMX_RELOAD(s->st.pos);
-	__u32 n = len > snaplen ? snaplen : (__u32)len;
+	__u32 n;
 	__u8 flags = 0;
+
+	if (snaplen > KMX_SNAPLEN_MAX) /* a known bound, whatever path the caller took */
+		snaplen = KMX_SNAPLEN_MAX;
+	n = len > snaplen ? snaplen : (__u32)len;
 
 	KMX_BOUND(n, KMX_LEN_MASK);
 	if (n && bpf_probe_read_user(s->ev + ((pos + 2) & KMX_EV_MASK), n, (const void *)ptr)) {
@@ -179,6 +190,93 @@ static __always_inline void kmx_put_user_bytes(struct kmx_scratch *s, __u8 type,
 	s->ev[pos & KMX_EV_MASK] = type;
 	s->ev[(pos + 1) & KMX_EV_MASK] = flags;
 	kmx_param_close(s, pos, n);
+}
+
+/*
+ * A buffer the syscall writes out (write, pwrite64, sendto data): with redaction on, cut at
+ * KMX_REDACT_SCAN too and remembered, so kmx_redact() scans it once the event is complete.
+ */
+static __always_inline void kmx_put_written_bytes(struct kmx_scratch *s, __u8 type, __u64 ptr, __u64 len,
+						  __u32 snaplen)
+{
+	__u32 at = KMX_RELOAD(s->st.pos);
+
+	if (KMX_RELOAD(s->st.redact_on) && snaplen > KMX_REDACT_SCAN)
+		snaplen = KMX_REDACT_SCAN;
+	kmx_put_user_bytes(s, type, ptr, len, snaplen);
+	if (KMX_RELOAD(s->st.redact_on)) {
+		s->st.redact_at = at;
+		s->st.redact_len = KMX_RELOAD(s->st.pos) - at - 2;
+	}
+}
+
+static __always_inline int kmx_redact_delimiter(__u8 b)
+{
+	return b == ' ' || b == '\t' || b == '\r' || b == '\n' || b == 0 || b == '&' || b == ';' || b == ',' ||
+	       b == '"' || b == '\'';
+}
+
+/*
+ * The value after every key in the remembered buffer becomes '*' (kmx_events.h, "Redaction";
+ * harness/guest/redaction.py is the reference) and the param is flagged KMX_PF_REDACTED. The
+ * scan's state is in the scratch map (KMX_RELOAD): every step starts from the same verifier
+ * state whatever path led there. Bounded by KMX_REDACT_SCAN.
+ */
+static __always_inline void kmx_redact(struct kmx_scratch *s)
+{
+	__u32 zero = 0, i, k, n, at;
+	struct kmx_bpf_config *cfg = bpf_map_lookup_elem(&kmx_config, &zero);
+
+	n = KMX_RELOAD(s->st.redact_len);
+	if (!cfg || !n)
+		return;
+	at = KMX_RELOAD(s->st.redact_at);
+	for (k = 0; k < KMX_REDACT_KEYS_MAX; k++)
+		s->st.redact_progress[k] = 0;
+	s->st.redact_in_value = 0;
+	s->st.redact_redacted = 0;
+	for (i = 0; i < KMX_REDACT_SCAN; i++) {
+		__u32 pos;
+		__u8 b;
+
+		if (i >= n)
+			break;
+		pos = (at + 2 + i) & KMX_EV_MASK;
+		b = s->ev[pos];
+		if (KMX_RELOAD(s->st.redact_in_value)) {
+			if (kmx_redact_delimiter(b)) {
+				s->st.redact_in_value = 0;
+			} else {
+				s->ev[pos] = '*';
+				s->st.redact_redacted = 1;
+			}
+			continue;
+		}
+#pragma unroll
+		for (k = 0; k < KMX_REDACT_KEYS_MAX; k++) {
+			__u32 p;
+
+			if (k >= cfg->redact_n)
+				break;
+			p = KMX_RELOAD(s->st.redact_progress[k]) & (KMX_REDACT_KEY_MAX - 1);
+			if (b == cfg->redact_key[k][p]) {
+				p++;
+				if (p == cfg->redact_len[k]) {
+					s->st.redact_progress[0] = 0;
+					s->st.redact_progress[1] = 0;
+					s->st.redact_progress[2] = 0;
+					s->st.redact_progress[3] = 0;
+					s->st.redact_in_value = 1;
+					break;
+				}
+				s->st.redact_progress[k] = p;
+			} else {
+				s->st.redact_progress[k] = b == cfg->redact_key[k][0];
+			}
+		}
+	}
+	if (KMX_RELOAD(s->st.redact_redacted))
+		s->ev[(at + 1) & KMX_EV_MASK] |= KMX_PF_REDACTED;
 }
 
 /*
@@ -322,7 +420,10 @@ static __always_inline void kmx_put_decoded(struct kmx_scratch *s, const struct 
 	case KMX_SRC_LEN:
 		if (len > 5)
 			break;
-		kmx_put_user_bytes(s, type, ptr, s->st.args[len & 7], snaplen);
+		if (type == KMX_PT_BYTES) /* write, pwrite64, sendto data: what the syscall writes out */
+			kmx_put_written_bytes(s, type, ptr, s->st.args[len & 7], snaplen);
+		else
+			kmx_put_user_bytes(s, type, ptr, s->st.args[len & 7], snaplen);
 		return;
 	case KMX_SRC_RET: {
 		__s64 ret = s->st.ret;
@@ -415,6 +516,8 @@ static __always_inline void kmx_emit(void *ctx, struct kmx_scratch *s, const __u
 				break;
 			kmx_put_decoded(s, &kmx_sc_specs[id].enter[i], snaplen);
 		}
+		if (KMX_RELOAD(s->st.redact_len))
+			kmx_redact(s);
 	} else {
 		kmx_put_u64(s, KMX_PT_S64, (__u64)s->st.ret);
 		if (s->st.ia32)
@@ -491,6 +594,7 @@ static __always_inline struct kmx_scratch *kmx_begin(__u32 *snaplen, struct task
 {
 	__u32 zero = 0;
 	struct kmx_bpf_config *cfg = bpf_map_lookup_elem(&kmx_config, &zero);
+	struct kmx_scratch *s;
 	__u32 len;
 
 	if (!cfg || !cfg->capturing)
@@ -504,7 +608,12 @@ static __always_inline struct kmx_scratch *kmx_begin(__u32 *snaplen, struct task
 	*task = (struct task_struct *)bpf_get_current_task();
 	if (!kmx_wanted(cfg->filter_tgid, *task) || !kmx_sample(cfg->sample_every, at_exit))
 		return NULL;
-	return bpf_map_lookup_elem(&kmx_scratch, &zero);
+	s = bpf_map_lookup_elem(&kmx_scratch, &zero);
+	if (s) {
+		s->st.redact_on = cfg->redact_n;
+		s->st.redact_len = 0;
+	}
+	return s;
 }
 
 /*

@@ -25,9 +25,13 @@ struct kmx_bpf_config {
 	__u32 capturing;       /* 0: the probes return at once */
 	__u32 sample_every;    /* keep 1 in N syscalls, enter and exit together; 0, 1: all */
 	__u32 pad;
+	__u32 redact_n;        /* redaction keys in use (kmx_events.h, "Redaction"); 0: off */
+	__u32 redact_len[KMX_REDACT_KEYS_MAX];
+	__u8 redact_key[KMX_REDACT_KEYS_MAX][KMX_REDACT_KEY_MAX];
+	__u32 pad2;
 };
 
-#define KMX_BPF_CONFIG_FORMAT "QIIII"
+#define KMX_BPF_CONFIG_FORMAT "QIIIII4I64sI"
 
 /* Per CPU, counted by the probes: events sent, events lost (perf ring full), bytes sent. */
 struct kmx_bpf_stats {

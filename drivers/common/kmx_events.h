@@ -76,6 +76,23 @@ struct kmx_event_hdr {
 /* Param flags */
 #define KMX_PF_FAULT 1         /* copy from user memory failed: payload empty */
 #define KMX_PF_TRUNC 2         /* cut at the snapshot length */
+#define KMX_PF_REDACTED 4      /* a secret's value in it was replaced by '*' (redaction on) */
+
+/*
+ * Redaction (off by default, set at load): in the buffers a syscall writes out (BYTES params taken
+ * with their length argument on enter: write, pwrite64 and sendto data), the value after each key
+ * is replaced by '*' up to the next delimiter or the end of what was captured, before the event
+ * reaches the buffer. Work is bounded: with redaction on such a buffer is captured up to
+ * KMX_REDACT_SCAN bytes at most (the snapshot length still applies), and scanned once, byte by
+ * byte, matching up to KMX_REDACT_KEYS_MAX keys of at most KMX_REDACT_KEY_MAX bytes each. A key
+ * is matched with a running prefix count, so a key that repeats its own prefix (like "aab") can
+ * miss an occurrence that overlaps a false start. harness/guest/redaction.py is the reference.
+ */
+#define KMX_REDACT_SCAN 256
+#define KMX_REDACT_KEYS_MAX 4
+#define KMX_REDACT_KEY_MAX 16
+#define KMX_REDACT_DEFAULT_KEYS "password=,secret=,token="
+/* A value ends at: space, tab, CR, LF, NUL, & ; , " ' (kmx_redact_delimiter() in each driver). */
 
 /* Fixed params before the decoded ones */
 #define KMX_ENTER_FIXED 8      /* nr, id, a0..a5 */

@@ -31,6 +31,14 @@ extern u64 kmx_filter_tgid;             /* 0: every process */
 extern u32 kmx_sample_every;            /* keep 1 in N syscalls; 0, 1: all */
 extern bool kmx_capturing;
 
+/* Redaction (kmx_events.h): the keys, parsed from the redact_keys parameter at load. */
+struct kmx_redact_keys {
+	u32 n;                          /* 0: redaction off */
+	u32 len[KMX_REDACT_KEYS_MAX];
+	u8 key[KMX_REDACT_KEYS_MAX][KMX_REDACT_KEY_MAX];
+};
+extern struct kmx_redact_keys kmx_redact;
+
 int kmx_probes_find(void);
 int kmx_probes_register(void);
 void kmx_probes_unregister(void);

@@ -14,6 +14,7 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/slab.h>
+#include <linux/string.h>
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
 
@@ -47,6 +48,45 @@ MODULE_PARM_DESC(device_gid, "group owning /dev/kmx (default 0, root); its membe
 static unsigned int device_mode = 0640;
 module_param(device_mode, uint, 0444);
 MODULE_PARM_DESC(device_mode, "permission bits of /dev/kmx (default 0640: root reads and writes, the group reads)");
+
+static bool redact;
+module_param(redact, bool, 0444);
+MODULE_PARM_DESC(redact, "replace secrets' values in written and sent buffers by '*' before they are captured (default off)");
+
+static char *redact_keys = KMX_REDACT_DEFAULT_KEYS;
+module_param(redact_keys, charp, 0444);
+MODULE_PARM_DESC(redact_keys, "with redact=1: the keys whose values are secrets, comma-separated (1 to 4 keys of 1 to 16 bytes; "
+		 "default " KMX_REDACT_DEFAULT_KEYS ")");
+
+struct kmx_redact_keys kmx_redact;
+
+/* redact_keys into kmx_redact (its n stays 0, redaction off, unless redact is set). */
+static int kmx_parse_redact_keys(void)
+{
+	const char *start = redact_keys;
+	u32 n = 0;
+
+	memset(&kmx_redact, 0, sizeof(kmx_redact));
+	if (!redact)
+		return 0;
+	for (;;) {
+		const char *end = strchrnul(start, ',');
+		size_t len = end - start;
+
+		if (!len || len > KMX_REDACT_KEY_MAX || n == KMX_REDACT_KEYS_MAX) {
+			pr_err("kmx: redact_keys=%s: 1 to %d comma-separated keys of 1 to %d bytes\n", redact_keys,
+			       KMX_REDACT_KEYS_MAX, KMX_REDACT_KEY_MAX);
+			return -EINVAL;
+		}
+		memcpy(kmx_redact.key[n], start, len);
+		kmx_redact.len[n++] = len;
+		if (!*end)
+			break;
+		start = end + 1;
+	}
+	kmx_redact.n = n;
+	return 0;
+}
 
 static unsigned int sample_every = 1;
 module_param(sample_every, uint, 0444);
@@ -392,6 +432,9 @@ static int __init kmx_init(void)
 	kmx_stride = PAGE_ALIGN(KMX_CTRL_SIZE + kmx_size);
 	kmx_snaplen_now = kmx_clamp_snaplen(snaplen);
 	kmx_sample_every = sample_every;
+	ret = kmx_parse_redact_keys();
+	if (ret)
+		return ret;
 
 	ret = kmx_alloc_buffers();
 	if (ret)

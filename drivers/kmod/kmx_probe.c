@@ -84,18 +84,73 @@ static void kmx_put_empty(struct kmx_writer *w, u8 type, u8 flags)
 	kmx_param_close(w, 0);
 }
 
-/* `len` bytes of user memory at ptr, cut at snaplen. */
-static void kmx_put_user_bytes(struct kmx_writer *w, u8 type, unsigned long ptr, u64 len, u32 snaplen)
+static bool kmx_redact_delimiter(u8 b)
+{
+	return b == ' ' || b == '\t' || b == '\r' || b == '\n' || b == 0 || b == '&' || b == ';' || b == ',' ||
+	       b == '"' || b == '\'';
+}
+
+/*
+ * Replace the value after every key in buf[0..n) by '*' (kmx_events.h, "Redaction"; the
+ * reference is harness/guest/redaction.py): one pass, a running match count per key.
+ */
+static bool kmx_redact_buffer(u8 *buf, u32 n)
+{
+	u32 progress[KMX_REDACT_KEYS_MAX] = { 0 };
+	bool in_value = false, redacted = false;
+	u32 i, k;
+
+	for (i = 0; i < n; i++) {
+		u8 b = buf[i];
+
+		if (in_value) {
+			if (kmx_redact_delimiter(b)) {
+				in_value = false;
+			} else {
+				buf[i] = '*';
+				redacted = true;
+			}
+			continue;
+		}
+		for (k = 0; k < kmx_redact.n; k++) {
+			if (b == kmx_redact.key[k][progress[k]]) {
+				if (++progress[k] == kmx_redact.len[k]) {
+					in_value = true;
+					memset(progress, 0, sizeof(progress));
+					break;
+				}
+			} else {
+				progress[k] = b == kmx_redact.key[k][0] ? 1 : 0;
+			}
+		}
+	}
+	return redacted;
+}
+
+/*
+ * `len` bytes of user memory at ptr, cut at snaplen; `redact`: a buffer the syscall writes out,
+ * cut at KMX_REDACT_SCAN too and redacted when redaction is on.
+ */
+static void kmx_put_user_bytes(struct kmx_writer *w, u8 type, unsigned long ptr, u64 len, u32 snaplen, bool redact)
 {
 	u8 *dst = kmx_param_open(w, type, 0);
-	u32 n = len > snaplen ? snaplen : (u32)len;
+	u32 n;
+	u8 flags = 0;
 
+	redact = redact && kmx_redact.n;
+	if (redact && snaplen > KMX_REDACT_SCAN)
+		snaplen = KMX_REDACT_SCAN;
+	n = len > snaplen ? snaplen : (u32)len;
 	if (n && kmx_copy_nofault(dst, (const void __user *)ptr, n)) {
-		kmx_set_flags(w, KMX_PF_FAULT);
+		flags = KMX_PF_FAULT;
 		n = 0;
 	} else if (len > snaplen) {
-		kmx_set_flags(w, KMX_PF_TRUNC);
+		flags = KMX_PF_TRUNC;
 	}
+	if (redact && n && kmx_redact_buffer(dst, n))
+		flags |= KMX_PF_REDACTED;
+	if (flags)
+		kmx_set_flags(w, flags);
 	kmx_param_close(w, n);
 }
 
@@ -231,14 +286,14 @@ static void kmx_put_decoded(struct kmx_writer *w, const struct kmx_param_spec *p
 	}
 	/* BYTES and SOCKADDR: a user buffer whose length comes from the source kind. */
 	switch (p->src) {
-	case KMX_SRC_LEN:
-		kmx_put_user_bytes(w, p->type, ptr, args[p->len], snaplen);
+	case KMX_SRC_LEN: /* write, pwrite64, sendto data: what the syscall writes out */
+		kmx_put_user_bytes(w, p->type, ptr, args[p->len], snaplen, p->type == KMX_PT_BYTES);
 		return;
 	case KMX_SRC_RET:
-		kmx_put_user_bytes(w, p->type, ptr, ret > 0 ? (u64)ret : 0, snaplen);
+		kmx_put_user_bytes(w, p->type, ptr, ret > 0 ? (u64)ret : 0, snaplen, false);
 		return;
 	case KMX_SRC_FIXED:
-		kmx_put_user_bytes(w, p->type, ptr, p->len, snaplen);
+		kmx_put_user_bytes(w, p->type, ptr, p->len, snaplen, false);
 		return;
 	case KMX_SRC_PLEN: {
 		u32 len;
@@ -247,7 +302,7 @@ static void kmx_put_decoded(struct kmx_writer *w, const struct kmx_param_spec *p
 			kmx_put_empty(w, p->type, KMX_PF_FAULT);
 			return;
 		}
-		kmx_put_user_bytes(w, p->type, ptr, len, snaplen);
+		kmx_put_user_bytes(w, p->type, ptr, len, snaplen, false);
 		return;
 	}
 	}

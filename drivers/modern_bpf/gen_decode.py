@@ -60,7 +60,9 @@ def param_call(p, side: str) -> str:  # type: ignore[no-untyped-def]
         return f"kmx_put_fd2(w, {arg});"
     kind = f"KMX_PT_{p.type}"
     if p.kind == "LEN":
-        return f"kmx_put_user_bytes(w, {kind}, {arg}, a[{p.length}]);"
+        # A buffer the syscall writes out (write, pwrite64, sendto data): redacted when asked.
+        writer = "kmx_put_written_bytes" if p.type == "BYTES" and side == "enter" else "kmx_put_user_bytes"
+        return f"{writer}(w, {kind}, {arg}, a[{p.length}]);"
     if p.kind == "RET":
         if side != "exit":
             raise ValueError(f"{p.name}: a ret-sized buffer in an enter event")

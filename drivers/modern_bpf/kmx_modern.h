@@ -6,10 +6,21 @@
 #ifndef KMX_MODERN_H
 #define KMX_MODERN_H
 
-/* .rodata, set before load (bpfdev packs it as "II"). */
+/* .rodata, set before load (bpfdev packs it as "III4I64s"). */
 struct kmx_modern_config {
 	__u32 snaplen;          /* bytes copied per buffer or string: 1..KMX_SNAPLEN_MAX */
 	__u32 sample_every;     /* keep 1 syscall in N (enter and exit together); 0 or 1: all */
+	__u32 redact_n;         /* redaction keys in use (kmx_events.h, "Redaction"); 0: off */
+	__u32 redact_len[KMX_REDACT_KEYS_MAX];
+	__u8 redact_key[KMX_REDACT_KEYS_MAX][KMX_REDACT_KEY_MAX];
+};
+
+/* The `redact_state` per-CPU array's value: the redaction scan's state, kept in map memory so
+ * that the verifier sees the same state at every step whatever path led there (it prunes). */
+struct kmx_redact_state {
+	__u32 progress[KMX_REDACT_KEYS_MAX];
+	__u32 in_value;
+	__u32 redacted;
 };
 
 /*

@@ -21,6 +21,7 @@ from harness.guest.container_suite import op_containers
 from harness.guest.ia32 import op_ia32
 from harness.guest.latency import op_stat
 from harness.guest.permission_suite import op_permissions
+from harness.guest.redaction_suite import op_redaction
 from harness.guest.tamper_suite import op_tamper
 
 TYPE_CHECKING = False  # typing stays out of the guest image; mypy reads the branch below
@@ -128,6 +129,7 @@ HANDLERS: dict[str, Handler] = {
     "containers": op_containers,
     "permissions": op_permissions,
     "tamper": op_tamper,
+    "redaction": op_redaction,
     "stat": op_stat,
 }
 

@@ -31,7 +31,7 @@ DEFAULT_OBJECT = "/opt/kmatrix/drivers/kmx_modern.bpf.o"
 RING_MAP = "events"
 COUNTERS_MAP = "counters"
 # struct kmx_modern_config and struct kmx_modern_counters (drivers/modern_bpf/kmx_modern.h)
-CONFIG = struct.Struct("=II")
+CONFIG = struct.Struct("=III4I64s")  # struct kmx_modern_config
 FILTER_MAP = "filter"  # one __u64: the target tgid, written at any time
 COUNTERS = struct.Struct("=QQQQQ")
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -65,7 +65,8 @@ class ModernBpfDevice:
 
     def __init__(self, schema: Schema, path: str = DEFAULT_OBJECT, *, snaplen: int | None = None,
                  filter_tgid: int = 0, sample_every: int = 1, buffer_bytes: int = 8 << 20,
-                 log: Callable[[str], None] | None = None, load: bool = True, bpf_stats: bool = True) -> None:
+                 log: Callable[[str], None] | None = None, load: bool = True, bpf_stats: bool = True,
+                 redact_keys: tuple[bytes, ...] = ()) -> None:
         self.schema = schema
         self.path = path
         self.decoder = Decoder(schema)
@@ -74,11 +75,12 @@ class ModernBpfDevice:
         self.snaplen = self._clamp(schema.const("KMX_SNAPLEN_DEFAULT") if snaplen is None else snaplen)
         self.filter_tgid = int(filter_tgid)
         self.sample_every = max(1, int(sample_every))
+        self.redact_keys = tuple(redact_keys)  # () : redaction off (harness.guest.redaction.parse_keys)
         self.buffer_bytes = ring_size(buffer_bytes)
         self.bpf_stats = set_bpf_stats(True) if bpf_stats else False
         self.ncpus = int(libbpf().libbpf_num_possible_cpus())
         self.obj: BpfObject | None = None
-        self._loaded_config: tuple[int, int] | None = None
+        self._loaded_config: tuple[Any, ...] | None = None
         self._ring: Any = None
         self._pending: list[bytes] = []
         self.capturing = False
@@ -91,9 +93,12 @@ class ModernBpfDevice:
         return max(1, min(int(value), self.schema.const("KMX_SNAPLEN_MAX")))
 
     @property
-    def config(self) -> tuple[int, int]:
+    def config(self) -> tuple[Any, ...]:
         """What is read-only data of a loaded object (a change reloads it at the next start)."""
-        return (self.snaplen, self.sample_every)
+        keys = self.redact_keys
+        lengths = [len(key) for key in keys] + [0] * (4 - len(keys))
+        table = b"".join(key.ljust(16, b"\0") for key in keys).ljust(64, b"\0")
+        return (self.snaplen, self.sample_every, len(keys), *lengths, table)
 
     def _set(self, name: str, value: int) -> None:
         if self.capturing and getattr(self, name) != value:

@@ -159,8 +159,10 @@ def module_loaded(driver: str, artifact: str, buffer_bytes: int) -> Iterator[Non
             print(f"rmmod {name}: {problem}", file=sys.stderr)
 
 
-def open_consumer(schema: Any, driver: str, artifact: str, *, tgid: int, snaplen: int, buffer_bytes: int) -> Any:
-    """The driver's user side, configured to capture one process (and its children)."""
+def open_consumer(schema: Any, driver: str, artifact: str, *, tgid: int, snaplen: int, buffer_bytes: int,
+                  redact_keys: tuple[bytes, ...] = ()) -> Any:
+    """The driver's user side, configured to capture one process (and its children). redact_keys
+    switches a BPF probe's redaction on (the kernel module's is a load parameter: redact=1)."""
     if driver == "kmod":
         device: Any = KmxDevice(schema)
         device.set_snaplen(snaplen)
@@ -169,11 +171,12 @@ def open_consumer(schema: Any, driver: str, artifact: str, *, tgid: int, snaplen
     if driver == "modern_bpf":
         from harness.guest.bpfdev import ModernBpfDevice
 
-        return ModernBpfDevice(schema, artifact, snaplen=snaplen, filter_tgid=tgid, buffer_bytes=buffer_bytes)
+        return ModernBpfDevice(schema, artifact, snaplen=snaplen, filter_tgid=tgid, buffer_bytes=buffer_bytes,
+                               redact_keys=redact_keys)
     if driver == "bpf":
         from harness.guest.perfdev import LegacyBpfDevice
 
-        device = LegacyBpfDevice(schema, artifact, buffer_bytes=buffer_bytes, snaplen=snaplen)
+        device = LegacyBpfDevice(schema, artifact, buffer_bytes=buffer_bytes, snaplen=snaplen, redact_keys=redact_keys)
         device.set_filter_tgid(tgid)
         return device
     raise ValueError(f"unknown driver kind {driver!r}")

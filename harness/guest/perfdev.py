@@ -37,7 +37,8 @@ DEFAULT_OBJECT = "/opt/kmatrix/drivers/kmx_legacy.bpf.o"  # where harness/cells.
 MAP_CONFIG = "kmx_config"
 MAP_STATS = "kmx_stats"
 MAP_EVENTS = "kmx_events"
-CONFIG = struct.Struct("=QIIII")  # filter_tgid, snaplen, capturing, sample_every, pad
+# filter_tgid, snaplen, capturing, sample_every, pad, redact_n, redact_len[4], redact_key[4][16], pad2
+CONFIG = struct.Struct("=QIIIII4I64sI")
 STATS = struct.Struct("=QQQQ")  # events, drops, bytes, seen
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MEMBARRIER_CMD_GLOBAL = 1  # synchronize_rcu(): every probe that saw capturing=1 has finished
@@ -119,8 +120,10 @@ class LegacyBpfDevice:
         snaplen: int | None = None,
         log: Callable[[str], None] | None = None,
         bpf_stats: bool = True,
+        redact_keys: tuple[bytes, ...] = (),
     ) -> None:
         self.schema = schema
+        self.redact_keys = tuple(redact_keys)  # () : redaction off (harness.guest.redaction.parse_keys)
         self.path = path
         self.decoder = Decoder(schema)
         self.lines: list[str] = []
@@ -161,8 +164,12 @@ class LegacyBpfDevice:
 
     # -- configuration -----------------------------------------------------------------------------
     def _write_config(self) -> None:
+        keys = self.redact_keys
+        lengths = [len(key) for key in keys] + [0] * (4 - len(keys))
+        table = b"".join(key.ljust(16, b"\0") for key in keys)
         self.obj.update_array(
-            MAP_CONFIG, 0, CONFIG.pack(self._filter, self._snaplen, int(self._capturing), self._sample_every, 0)
+            MAP_CONFIG, 0, CONFIG.pack(self._filter, self._snaplen, int(self._capturing), self._sample_every, 0,
+                                       len(keys), *lengths, table, 0)
         )
 
     def _refresh_info(self) -> None:

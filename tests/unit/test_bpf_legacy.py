@@ -104,10 +104,14 @@ def test_config_and_stats_structs_match_their_formats() -> None:
     text = (BPF / "kmx_bpf.h").read_text()
     sizes = {"__u64": "Q", "__u32": "I"}
 
+    arrays = {("__u32", "[KMX_REDACT_KEYS_MAX]", ""): "4I",
+              ("__u8", "[KMX_REDACT_KEYS_MAX]", "[KMX_REDACT_KEY_MAX]"): "64s"}  # the redaction keys
+
     def fields(name: str) -> str:
         body = re.search(rf"struct {name} \{{(.*?)\}};", text, re.S)
         assert body
-        return "".join(sizes[m] for m in re.findall(r"^\s*(__u\d+) \w+;", body[1], re.M))
+        found = re.findall(r"^\s*(__u\d+) \w+(\[KMX_REDACT_KEYS_MAX\])?(\[KMX_REDACT_KEY_MAX\])?;", body[1], re.M)
+        return "".join(arrays.get(f, sizes.get(f[0], "?")) for f in found)
 
     assert fields("kmx_bpf_config") == perfdev.CONFIG.format.lstrip("=")
     assert fields("kmx_bpf_stats") == perfdev.STATS.format.lstrip("=")

@@ -47,7 +47,7 @@ _CALL = {
     re.compile(r"kmx_put_strv\(w, a\[(\d)\]\);"): lambda m: ("STRV", f"arg{m[1]}"),
     re.compile(r"kmx_put_fd2\(w, a\[(\d)\]\);"): lambda m: ("FD2", f"arg{m[1]}"),
     re.compile(r"kmx_put_u64\(w, KMX_PT_(\w+), a\[(\d)\]\);"): lambda m: (m[1], f"arg{m[2]}"),
-    re.compile(r"kmx_put_user_bytes\(w, KMX_PT_(\w+), a\[(\d)\], a\[(\d)\]\);"):
+    re.compile(r"kmx_put_(?:user|written)_bytes\(w, KMX_PT_(\w+), a\[(\d)\], a\[(\d)\]\);"):
         lambda m: (m[1], f"arg{m[2]}/len{m[3]}"),
     re.compile(r"kmx_put_user_bytes\(w, KMX_PT_(\w+), a\[(\d)\], ret > 0 \? \(__u64\)ret : 0\);"):
         lambda m: (m[1], f"arg{m[2]}/ret"),
@@ -134,9 +134,13 @@ def test_modern_header_structs_match_the_loader() -> None:
 
     def fields(name: str) -> list[str]:
         body = text[text.index(f"struct {name} {{") :]
-        return re.findall(r"^\t(__u\d+) \w+;", body[: body.index("};")], re.M)
+        found = re.findall(r"^\t(__u\d+) \w+(\[KMX_REDACT_KEYS_MAX\])?(\[KMX_REDACT_KEY_MAX\])?;",
+                           body[: body.index("};")], re.M)
+        # the redaction keys: __u32 len[4] is "4I", __u8 key[4][16] is "64s"
+        return [{("__u32", "[KMX_REDACT_KEYS_MAX]", ""): "4I", ("__u8", "[KMX_REDACT_KEYS_MAX]",
+                 "[KMX_REDACT_KEY_MAX]"): "64s"}.get(f, f[0]) for f in found]
 
-    sizes = {"__u16": "H", "__u32": "I", "__u64": "Q"}
+    sizes = {"__u16": "H", "__u32": "I", "__u64": "Q", "4I": "4I", "64s": "64s"}
     assert "=" + "".join(sizes[f] for f in fields("kmx_modern_config")) == bpfdev.CONFIG.format
     assert "=" + "".join(sizes[f] for f in fields("kmx_modern_counters")) == bpfdev.COUNTERS.format
     schema = load_schema(HEADER)

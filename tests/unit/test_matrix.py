@@ -137,11 +137,11 @@ def test_real_cell_counts(real: Matrix, raw: dict[str, Any], profile: str) -> No
 def test_real_cell_counts_by_hand(real: Matrix) -> None:
     # 12 kernels (3+3+2+2+1+1) x 4 drivers (the three reference drivers and falco-kmod) x 6 suites;
     # the file's comments promise these shapes. ci and default keep the three reference drivers.
-    assert len(real.cells("full")) == 12 * 4 * 6
-    assert len(real.cells("minimum")) == 6 * 4 * 6
-    # capture and ia32 (which skips off x86_64) everywhere; containers on x86_64 and s390x,
-    # permissions and tamper on x86_64
-    assert len(real.cells("ci")) == 3 * 3 * 2 + 2 * 3 + 3 + 3
+    assert len(real.cells("full")) == 12 * 4 * 7
+    assert len(real.cells("minimum")) == 6 * 4 * 7
+    # capture and ia32 (which skips off x86_64) everywhere; containers and redaction on x86_64 and
+    # s390x, permissions and tamper on x86_64
+    assert len(real.cells("ci")) == 3 * 3 * 2 + 2 * 3 + 3 + 3 + 2 * 3
     assert len(real.cells("default")) == 6 * 3 * 2
 
 
@@ -163,12 +163,13 @@ def test_cell_id_and_order(real: Matrix) -> None:
 
 def test_ci_profile(real: Matrix) -> None:
     cells = real.cells("ci")
-    assert [cell.arch for cell in cells] == ["x86_64"] * 15 + ["aarch64"] * 6 + ["s390x"] * 9
+    assert [cell.arch for cell in cells] == ["x86_64"] * 18 + ["aarch64"] * 6 + ["s390x"] * 12
     for cell in cells:
         assert cell.kernel == real.newest_kernel(cell.arch)
         assert cell.driver in {"kmod", "bpf", "modern_bpf"}
         assert cell.suite in ("capture", "ia32") or (cell.arch, cell.suite) in {
-            ("x86_64", "containers"), ("s390x", "containers"), ("x86_64", "permissions"), ("x86_64", "tamper")}
+            ("x86_64", "containers"), ("s390x", "containers"), ("x86_64", "permissions"), ("x86_64", "tamper"),
+            ("x86_64", "redaction"), ("s390x", "redaction")}
     assert {cell.kernel.label for cell in cells} == {"bookworm-backports"}
 
 
@@ -186,7 +187,7 @@ def test_minimum_profile(real: Matrix) -> None:
     assert s390x == {"bookworm"}
     # bpf has no riscv64 minimum: its cells stay, on the newest kernel, and skip with the reason.
     riscv_bpf = [cell for cell in cells if cell.arch == "riscv64" and cell.driver == "bpf"]
-    assert len(riscv_bpf) == 6
+    assert len(riscv_bpf) == 7
     assert all(cell.declared_min is None for cell in riscv_bpf)
     assert all(not applicability(real, cell, None).runnable for cell in riscv_bpf)
 
