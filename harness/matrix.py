@@ -208,6 +208,15 @@ def _arch_name(value: str) -> str:
     return value
 
 
+def _matching(pattern: re.Pattern[str], noun: str, hint: str) -> Callable[[str], str]:
+    """A validator accepting what pattern matches; the error names the noun and how to write one."""
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise _fail(f"{value!r} is not {noun}", hint)
+        return value
+    return check
+
+
 def _one_of(choices: Sequence[str], noun: str) -> Callable[[str], str]:
     """A validator accepting one of choices; the error names the noun and the nearest choices."""
     def check(value: str) -> str:
@@ -215,24 +224,6 @@ def _one_of(choices: Sequence[str], noun: str) -> Callable[[str], str]:
             raise _fail(f"{value!r} is not {noun}", _choices(value, choices))
         return value
     return check
-
-
-def _driver_name(value: str) -> str:
-    if not _DRIVER_NAME_RE.match(value):
-        raise _fail(
-            f"{value!r} is not a valid driver name",
-            "use lower-case letters, digits, _ and - (names become part of cell ids)",
-        )
-    return value
-
-
-def _package_name(value: str) -> str:
-    if not _PACKAGE_RE.match(value):
-        raise _fail(
-            f"{value!r} is not a Debian package name",
-            "lower-case letters, digits, +, - and ., at least two characters, e.g. falcosecurity-scap-dkms",
-        )
-    return value
 
 
 def _module_file(value: str) -> str:
@@ -285,21 +276,6 @@ def _config_option(value: str) -> str:
             else "kernel config options are CONFIG_ followed by A-Z, 0-9 and _"
         )
         raise _fail(f"{value!r} is not a kernel config option (must look like CONFIG_NAME)", hint)
-    return value
-
-
-def _name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise _fail(
-            f"{value!r} is not a valid name",
-            "use lower-case letters, digits and _ (names become part of cell ids)",
-        )
-    return value
-
-
-def _profile_name(value: str) -> str:
-    if not _PROFILE_RE.match(value):
-        raise _fail(f"{value!r} is not a valid profile name", "use lower-case letters, digits, _ and -")
     return value
 
 
@@ -389,15 +365,20 @@ DriverKind = Annotated[str, AfterValidator(_one_of(DRIVER_KINDS, "a driver kind"
 BuildKind = Annotated[str, AfterValidator(_one_of(BUILD_KINDS, "a build"))]
 VersionSource = Annotated[str, AfterValidator(_one_of(VERSION_SOURCES, "a version source"))]
 ConsumerKind = Annotated[str, AfterValidator(_one_of(CONSUMER_KINDS, "a consumer kind"))]
-DriverName = Annotated[str, AfterValidator(_driver_name)]
-PackageName = Annotated[str, AfterValidator(_package_name)]
+DriverName = Annotated[str, AfterValidator(_matching(
+    _DRIVER_NAME_RE, "a valid driver name", "use lower-case letters, digits, _ and - (names become part of cell ids)"))]
+PackageName = Annotated[str, AfterValidator(_matching(
+    _PACKAGE_RE, "a Debian package name",
+    "lower-case letters, digits, +, - and ., at least two characters, e.g. falcosecurity-scap-dkms"))]
 ModuleFile = Annotated[str, AfterValidator(_module_file)]
 ProjectFolder = Annotated[str, AfterValidator(_project_folder)]
 Argv = Annotated[list[str], AfterValidator(_argv)]
 KernelSelection = Annotated[str, AfterValidator(_kernel_selection)]
 ConfigOption = Annotated[str, AfterValidator(_config_option)]
-Name = Annotated[str, AfterValidator(_name)]
-ProfileName = Annotated[str, AfterValidator(_profile_name)]
+Name = Annotated[str, AfterValidator(_matching(
+    _NAME_RE, "a valid name", "use lower-case letters, digits and _ (names become part of cell ids)"))]
+ProfileName = Annotated[str, AfterValidator(_matching(
+    _PROFILE_RE, "a valid profile name", "use lower-case letters, digits, _ and -"))]
 MajorMinor = Annotated[Version, BeforeValidator(_version)]
 
 
